@@ -1,0 +1,38 @@
+# studykit: `make help` lists the targets. PY is the project's virtual environment.
+PY ?= .venv/bin/python
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test prepare train evaluate sweep bench bench-quick clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+setup: ## create .venv and install the project with its test tools
+	python3 -m venv .venv
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[dev]"
+
+test: ## run the test suite (tiny real subsets of ../shared/data)
+	$(PY) -m pytest -q
+
+prepare: ## build the cached tensors of a data set (ARGS="data=cxr_landmarks")
+	$(PY) prepare.py $(ARGS)
+
+train: ## the main job: two-phase X-ray landmark training, EfficientNet-Lite0 (ImageNet), complete loss
+	$(PY) train.py experiment=cxr_complete model=efficientnet_lite0 $(ARGS)
+
+evaluate: ## test a finished run (ARGS="run_dir=outputs/<run>/<time>")
+	$(PY) evaluate.py $(ARGS)
+
+sweep: ## seed ensemble as a Hydra multirun (ARGS to add overrides)
+	$(PY) train.py -m experiment=cxr_complete model=efficientnet_lite0 seed=1,2,3,4,5 $(ARGS)
+
+bench: ## full-protocol landmark benchmark -> benchmarks/results/cxr_landmarks.json (hours on CPU)
+	$(PY) benchmarks/cxr_landmarks.py $(ARGS)
+
+bench-quick: ## the benchmark script on a tiny subset, 1 epoch per phase (checks the script only)
+	$(PY) benchmarks/cxr_landmarks.py --quick --results benchmarks/runs/quick.json $(ARGS)
+
+clean: ## remove caches, outputs and multirun folders
+	rm -rf .cache outputs multirun benchmarks/runs

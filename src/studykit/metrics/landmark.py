@@ -1,0 +1,98 @@
+"""Pixel error metrics for landmark regression, as a torchmetrics Metric.
+
+Errors are Euclidean distances in pixels of the original image. Summary statistics (mean, median, std,
+min, max) are taken over the per-image mean errors; the mean equals the mean over all points because
+every image has the same number of landmarks. Quality bins classify images by their mean error.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+# (label, lower bound inclusive, upper bound exclusive) in pixels
+QUALITY_BINS: tuple[tuple[str, float, float], ...] = (
+    ("<5", 0.0, 5.0),
+    ("5-8.5", 5.0, 8.5),
+    ("8.5-15", 8.5, 15.0),
+    (">=15", 15.0, float("inf")),
+)
+
+
+class LandmarkErrorMetrics(Metric):
+    full_state_update = False
+    higher_is_better = False
+
+    def __init__(self, categories: Sequence[str] = (), **kwargs):
+        super().__init__(**kwargs)
+        self.categories = list(categories)
+        self.add_state("errors", default=[], dist_reduce_fx="cat")  # (N, K) pixels
+        self.add_state("category", default=[], dist_reduce_fx="cat")  # (N,)
+
+    def update(self, pred_px: torch.Tensor, target_px: torch.Tensor, category: torch.Tensor | None = None) -> None:
+        if pred_px.shape != target_px.shape or pred_px.ndim != 3 or pred_px.shape[-1] != 2:
+            raise ValueError(f"expected (B, K, 2) predictions and targets, got {tuple(pred_px.shape)} and {tuple(target_px.shape)}")
+        self.errors.append(torch.linalg.vector_norm(pred_px.float() - target_px.float(), dim=-1))
+        if category is None:
+            category = torch.full((pred_px.shape[0],), -1, dtype=torch.long, device=pred_px.device)
+        self.category.append(category.long())
+
+    def per_image_errors(self) -> torch.Tensor:
+        return dim_zero_cat(self.errors)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """Scalar summary, cheap enough for every validation epoch."""
+        per_image = dim_zero_cat(self.errors).mean(dim=1)
+        return {
+            "mean_px": per_image.mean(),
+            "median_px": per_image.median(),
+            "std_px": per_image.std(unbiased=False) if per_image.numel() > 1 else per_image.new_zeros(()),
+            "min_px": per_image.min(),
+            "max_px": per_image.max(),
+        }
+
+    def report(self) -> dict:
+        """Full breakdown as plain Python numbers: summary, per landmark, per category, quality bins."""
+        errors = dim_zero_cat(self.errors)
+        category = dim_zero_cat(self.category)
+        per_image = errors.mean(dim=1)
+        summary = {k: float(v) for k, v in self.compute().items()}
+        per_landmark = {
+            f"L{k + 1}": {"mean_px": float(errors[:, k].mean()), "median_px": float(errors[:, k].median())}
+            for k in range(errors.shape[1])
+        }
+        per_category = {}
+        for idx, name in enumerate(self.categories):
+            sel = per_image[category == idx]
+            if sel.numel():
+                per_category[name] = {"n": int(sel.numel()), "mean_px": float(sel.mean()), "median_px": float(sel.median())}
+        bins = {}
+        for label, low, high in QUALITY_BINS:
+            count = int(((per_image >= low) & (per_image < high)).sum())
+            bins[label] = {"count": count, "fraction": count / max(1, per_image.numel())}
+        return {
+            "n_images": int(per_image.numel()),
+            **summary,
+            "per_landmark": per_landmark,
+            "per_category": per_category,
+            "quality_bins": bins,
+        }
+
+
+def report_markdown(report: dict, title: str = "Test report") -> str:
+    lines = [f"# {title}", "", f"Images: {report['n_images']}", "", "| statistic | pixels |", "|---|---|"]
+    for key in ("mean_px", "median_px", "std_px", "min_px", "max_px"):
+        lines.append(f"| {key.removesuffix('_px')} | {report[key]:.2f} |")
+    lines += ["", "| category | n | mean px | median px |", "|---|---|---|---|"]
+    for name, row in report["per_category"].items():
+        lines.append(f"| {name} | {row['n']} | {row['mean_px']:.2f} | {row['median_px']:.2f} |")
+    lines += ["", "| landmark | mean px | median px |", "|---|---|---|"]
+    for name, row in report["per_landmark"].items():
+        lines.append(f"| {name} | {row['mean_px']:.2f} | {row['median_px']:.2f} |")
+    lines += ["", "| quality bin (per-image mean error) | images | fraction |", "|---|---|---|"]
+    for label, row in report["quality_bins"].items():
+        lines.append(f"| {label} px | {row['count']} | {row['fraction']:.1%} |")
+    return "\n".join(lines) + "\n"

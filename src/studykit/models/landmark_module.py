@@ -1,0 +1,165 @@
+"""One LightningModule for landmark regression; backbone, head, loss and phase come from config."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+from timm.layers.coord_attn import CoordAttn
+from torch import nn
+
+from studykit.metrics.landmark import LandmarkErrorMetrics
+from studykit.models.backbones import create_backbone
+from studykit.models.heads import MLPHead
+
+
+class LandmarkRegressor(nn.Module):
+    """Backbone -> (optional Coordinate Attention on the feature map) -> global pool -> MLP head -> (K, 2)."""
+
+    def __init__(self, backbone: dict[str, Any], head: dict[str, Any], num_landmarks: int, coord_attention: bool = False):
+        super().__init__()
+        self.num_landmarks = num_landmarks
+        self.backbone = create_backbone(**backbone, global_pool="" if coord_attention else "avg")
+        features = self.backbone.num_features
+        self.attention = CoordAttn(features) if coord_attention else None
+        self.pool = nn.AdaptiveAvgPool2d(1) if coord_attention else None
+        self.head = MLPHead(features, 2 * num_landmarks, **head)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.backbone(x)
+        if self.attention is not None:
+            feats = self.pool(self.attention(feats)).flatten(1)
+        return feats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)).view(-1, self.num_landmarks, 2)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        backbone_ids = {id(p) for p in self.backbone.parameters()}
+        return [p for p in self.parameters() if id(p) not in backbone_ids]
+
+
+class LandmarkModule(L.LightningModule):
+    """Predictions are normalized to [0, 1] of the input; losses and metrics use pixels of the original."""
+
+    def __init__(
+        self,
+        backbone: dict[str, Any],
+        head: dict[str, Any],
+        loss: nn.Module,
+        num_landmarks: int = 15,
+        coord_attention: bool = False,
+        categories: Sequence[str] = ("COVID", "Normal", "Viral_Pneumonia"),
+        stage: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["loss"])
+        self.net = LandmarkRegressor(backbone, head, num_landmarks, coord_attention)
+        self.loss_fn = loss
+        self.categories = list(categories)
+        self.val_metrics = LandmarkErrorMetrics(self.categories)
+        self.test_metrics = LandmarkErrorMetrics(self.categories)
+        self.stage_cfg: dict[str, Any] = dict(stage or {"freeze_backbone": False, "optimizer": {"lr": 1e-3}})
+        self.test_predictions: list[torch.Tensor] = []
+
+    # ---- phases -------------------------------------------------------------------------------------
+    def set_stage(self, stage: dict[str, Any]) -> None:
+        """Switch to a training phase: freezes or thaws the backbone and sets the optimizer for it."""
+        self.stage_cfg = dict(stage)
+        frozen = bool(stage.get("freeze_backbone", False))
+        self.net.backbone.requires_grad_(not frozen)
+        self.train()  # undo the eval mode a frozen backbone was left in by an earlier phase
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return bool(self.stage_cfg.get("freeze_backbone", False))
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning keeps each submodule's train/eval mode across fits, so set it every epoch. Frozen means
+        # frozen: the backbone's BatchNorm running statistics stay those of the pretrained weights.
+        self.net.backbone.train(not self.backbone_frozen)
+
+    def configure_optimizers(self):
+        opt = dict(self.stage_cfg.get("optimizer", {}))
+        lr = float(opt.get("lr", 1e-3))
+        weight_decay = float(opt.get("weight_decay", 0.0))
+        groups = [{"params": self.net.head_parameters(), "lr": lr, "name": "head"}]
+        if not self.backbone_frozen:
+            backbone_lr = opt.get("backbone_lr")
+            groups.append(
+                {"params": list(self.net.backbone.parameters()), "lr": float(backbone_lr if backbone_lr is not None else lr), "name": "backbone"}
+            )
+        name = opt.get("name", "adam").lower()
+        if name == "adam":
+            optimizer = torch.optim.Adam(groups, weight_decay=weight_decay)
+        elif name == "adamw":
+            optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay)
+        elif name == "sgd":
+            optimizer = torch.optim.SGD(groups, momentum=float(opt.get("momentum", 0.9)), weight_decay=weight_decay)
+        else:
+            raise ValueError(f"optimizer.name must be adam, adamw or sgd, got {name!r}")
+        sched = dict(self.stage_cfg.get("scheduler") or {})
+        kind = sched.get("name", "none")
+        if kind == "none":
+            return optimizer
+        if kind == "cosine":
+            t_max = int(sched.get("t_max") or self.stage_cfg.get("epochs") or 1)
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max, eta_min=float(sched.get("eta_min", 0.0)))
+        else:
+            raise ValueError(f"scheduler.name must be none or cosine, got {kind!r}")
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # ---- steps --------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    @staticmethod
+    def to_pixels(points: torch.Tensor, orig_size: torch.Tensor) -> torch.Tensor:
+        return points * orig_size[:, None, :]
+
+    def _shared_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pred = self(batch["image"])
+        pred_px = self.to_pixels(pred, batch["orig_size"])
+        target_px = self.to_pixels(batch["target"], batch["orig_size"])
+        return self.loss_fn(pred_px, target_px), pred_px, target_px
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, _, _ = self._shared_step(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at epoch {self.current_epoch}, global step {self.global_step}, batch {batch_idx}; "
+                "stopping (the last good checkpoint is kept)"
+            )
+        bs = batch["image"].shape[0]
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs)
+        for name, value in getattr(self.loss_fn, "last_components", {}).items():
+            self.log(f"train/loss_{name}", value, on_step=False, on_epoch=True, batch_size=bs)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        loss, pred_px, target_px = self._shared_step(batch)
+        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch["image"].shape[0])
+        self.val_metrics.update(pred_px, target_px, batch["category"])
+
+    def on_validation_epoch_end(self) -> None:
+        for key, value in self.val_metrics.compute().items():
+            self.log(f"val/{key}", value, prog_bar=key == "mean_px")
+        self.val_metrics.reset()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        loss, pred_px, target_px = self._shared_step(batch)
+        self.log("test/loss", loss, on_step=False, on_epoch=True, batch_size=batch["image"].shape[0])
+        self.test_metrics.update(pred_px, target_px, batch["category"])
+        self.test_predictions.append(pred_px.detach().cpu())
+
+    def on_test_epoch_start(self) -> None:
+        self.test_metrics.reset()
+        self.test_predictions = []
+
+    def on_test_epoch_end(self) -> None:
+        for key, value in self.test_metrics.compute().items():
+            self.log(f"test/{key}", value)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self.to_pixels(self(batch["image"]), batch["orig_size"])

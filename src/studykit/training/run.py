@@ -1,0 +1,246 @@
+"""Compose-and-run logic behind `train.py` and `evaluate.py`: one loop for every task and phase plan."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from studykit.metrics.landmark import report_markdown
+from studykit.training.callbacks import LossHistory
+from studykit.utils.io import atomic_write_json, atomic_write_text, safe_torch_load
+from studykit.utils.run_info import save_run_info
+
+log = logging.getLogger(__name__)
+
+
+def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    return instantiate(cfg.data)
+
+
+def build_module(cfg: DictConfig) -> L.LightningModule:
+    loss = instantiate(cfg.loss, _convert_="all")
+    return instantiate(cfg.task.module, loss=loss)
+
+
+STAGE_KEYS = ("epochs", "freeze_backbone", "optimizer")
+
+
+def stage_plan(cfg: DictConfig) -> list[tuple[str, dict[str, Any]]]:
+    stages = OmegaConf.to_container(cfg.phase.stages, resolve=True)
+    if not stages:
+        raise ValueError("phase.stages is empty: choose phase=head_only, finetune or two_phase")
+    for name, stage in stages.items():
+        missing = [k for k in STAGE_KEYS if k not in stage]
+        if missing:
+            raise ValueError(
+                f"phase stage {name!r} lacks {missing} (it has only {sorted(stage)}): an override such as "
+                f"phase.stages.{name}.epochs=... names a stage this phase plan does not define"
+            )
+    cap = cfg.trainer.get("max_epochs")
+    if cap is not None:  # trainer.max_epochs caps every phase, e.g. for quick checks
+        for stage in stages.values():
+            stage["epochs"] = min(int(stage["epochs"]), int(cap))
+    return list(stages.items())
+
+
+def build_loggers(cfg: DictConfig, stage: str) -> list:
+    loggers = []
+    for name, spec in (cfg.get("logger") or {}).items():
+        if spec is None or "_target_" not in spec:
+            continue
+        if spec._target_.endswith("WandbLogger"):
+            # one W&B run per phase, grouped under the run name
+            loggers.append(instantiate(spec, name=f"{cfg.run_name}-{stage}", group=cfg.run_name))
+        else:
+            loggers.append(instantiate(spec, version=stage))
+    return loggers
+
+
+def build_trainer(cfg: DictConfig, stage: str, stage_cfg: dict[str, Any], run_dir: Path) -> tuple[L.Trainer, Any]:
+    callbacks, checkpoint = [], None
+    for name, spec in (cfg.get("callbacks") or {}).items():
+        if spec is None:
+            continue
+        if name == "model_checkpoint":
+            checkpoint = instantiate(spec, dirpath=str(run_dir / "checkpoints" / stage))
+            callbacks.append(checkpoint)
+        elif name == "early_stopping":
+            patience = stage_cfg.get("patience", spec.get("patience"))
+            callbacks.append(instantiate(spec, patience=patience))
+        elif name == "lr_monitor" and not cfg.get("logger"):
+            continue  # LearningRateMonitor refuses to run without a logger
+        else:
+            cb = instantiate(spec)
+            if isinstance(cb, LossHistory):
+                cb.bind(run_dir, stage)
+            callbacks.append(cb)
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_kwargs = {k: v for k, v in trainer_kwargs.items() if v is not None and k != "max_epochs"}
+    trainer = L.Trainer(
+        max_epochs=int(stage_cfg["epochs"]),
+        callbacks=callbacks,
+        logger=build_loggers(cfg, stage) or False,
+        default_root_dir=str(run_dir),
+        **trainer_kwargs,
+    )
+    return trainer, checkpoint
+
+
+def load_weights(module: L.LightningModule, ckpt_path: str | Path) -> None:
+    state = safe_torch_load(ckpt_path)
+    module.load_state_dict(state["state_dict"])
+
+
+def finish_loggers(trainer: L.Trainer) -> None:
+    for lg in trainer.loggers:
+        if type(lg).__name__ == "WandbLogger":
+            import wandb
+
+            wandb.finish()
+
+
+def peak_memory_mb() -> dict[str, float]:
+    out = {"cpu_max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        out["gpu_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run every stage of the phase plan, then test the best weights; returns the run summary."""
+    run_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(int(cfg.seed), workers=True)
+    if cfg.hardware.get("num_threads"):
+        torch.set_num_threads(int(cfg.hardware.num_threads))
+
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare_data()
+    manifest = datamodule.manifest()
+    save_run_info(run_dir, cfg, {"data_manifest_hash": manifest["config_hash"], "data_cache": str(datamodule.cache_folder)})
+    module = build_module(cfg)
+
+    plan = stage_plan(cfg)
+    resume_stage = Path(cfg.ckpt_path).parent.name if cfg.get("ckpt_path") else None
+    if resume_stage is not None and resume_stage not in dict(plan):
+        raise ValueError(f"ckpt_path {cfg.ckpt_path}: its folder {resume_stage!r} is not a stage of this phase plan {[s for s, _ in plan]}")
+
+    summary: dict[str, Any] = {"run_name": cfg.run_name, "seed": int(cfg.seed), "stages": {}}
+    best_path: str | None = None
+    trainer = None
+    skipping = resume_stage is not None
+    for stage, stage_cfg in plan:
+        if skipping and stage != resume_stage:
+            log.info("resume: skipping finished stage %s", stage)
+            continue
+        ckpt_path = cfg.ckpt_path if skipping else None
+        skipping = False
+        if best_path and ckpt_path is None:
+            load_weights(module, best_path)  # phase k starts from phase k-1's best weights
+            log.info("stage %s starts from %s", stage, best_path)
+        module.set_stage(stage_cfg)
+        trainer, checkpoint = build_trainer(cfg, stage, stage_cfg, run_dir)
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        seconds = time.perf_counter() - start
+        finish_loggers(trainer)
+        epochs_run = trainer.current_epoch if not trainer.fast_dev_run else 1
+        best_path = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+        best_score = checkpoint.best_model_score if checkpoint is not None else None
+        summary["stages"][stage] = {
+            "epochs_run": int(epochs_run),
+            "seconds": seconds,
+            "seconds_per_epoch": seconds / max(1, epochs_run),
+            "best_checkpoint": best_path,
+            "best_score": float(best_score) if best_score is not None else None,
+            "monitor": cfg.task.monitor,
+        }
+    summary["memory"] = peak_memory_mb()
+
+    if cfg.get("test", True):
+        if best_path:
+            load_weights(module, best_path)
+        summary["test"] = test_and_report(cfg, module, datamodule, run_dir, checkpoint=best_path)
+    summary["memory"] = peak_memory_mb()
+    atomic_write_json(run_dir / "train_summary.json", summary)
+    return summary
+
+
+def test_and_report(
+    cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule, out_dir: Path, checkpoint: str | None
+) -> dict[str, Any]:
+    """Test `module` and write test_report.json, test_report.md and test_predictions.csv into out_dir."""
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer = L.Trainer(
+        accelerator=trainer_kwargs["accelerator"],
+        devices=trainer_kwargs["devices"],
+        precision=trainer_kwargs["precision"],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_test_batches=trainer_kwargs.get("limit_test_batches") or 1.0,
+        default_root_dir=str(out_dir),
+    )
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    metrics = module.test_metrics.report()
+    report = {
+        "run_name": cfg.get("run_name"),
+        "checkpoint": checkpoint,
+        "seed": cfg.get("seed"),
+        "model": cfg.model.backbone.name,
+        "loss": cfg.loss.get("_target_"),
+        **metrics,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "test_report.json", report)
+    atomic_write_text(out_dir / "test_report.md", report_markdown(metrics, title=f"Test report: {cfg.get('run_name')}"))
+    write_predictions(out_dir / "test_predictions.csv", module, datamodule)
+    log.info("test mean error %.2f px (median %.2f px) on %d images", report["mean_px"], report["median_px"], report["n_images"])
+    return report
+
+
+def write_predictions(path: Path, module: L.LightningModule, datamodule: L.LightningDataModule) -> None:
+    preds = torch.cat(module.test_predictions) if module.test_predictions else torch.zeros(0)
+    test = datamodule.test_set
+    n, k = preds.shape[0], preds.shape[1] if preds.ndim == 3 else 0
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["image_id", "category"] + [f"{axis}{i + 1}" for i in range(k) for axis in ("x", "y")])
+    for i in range(n):
+        category = datamodule.categories[int(test.category[i])]
+        writer.writerow([test.image_id[i], category] + [f"{v:.3f}" for v in preds[i].reshape(-1).tolist()])
+    atomic_write_text(path, buf.getvalue())
+
+
+def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
+    """`evaluate.py run_dir=...`: test a finished run's checkpoint with the config that trained it."""
+    run_dir = Path(cfg.run_dir)
+    resolved = run_dir / "config_resolved.yaml"
+    if not resolved.is_file():
+        raise FileNotFoundError(f"{resolved} not found: run_dir must be a train.py output folder")
+    run_cfg = OmegaConf.load(resolved)
+    if cfg.get("overrides"):
+        run_cfg = OmegaConf.merge(run_cfg, OmegaConf.from_dotlist(list(cfg.overrides)))
+    checkpoint = cfg.get("checkpoint")
+    if checkpoint is None:
+        summary = run_dir / "train_summary.json"
+        stages = list(OmegaConf.to_container(run_cfg.phase.stages))
+        best = run_dir / "checkpoints" / stages[-1] / "best.ckpt"
+        checkpoint = str(best) if best.is_file() else None
+        if checkpoint is None:
+            raise FileNotFoundError(f"no best.ckpt under {run_dir / 'checkpoints' / stages[-1]} ({summary} lists what was saved)")
+    datamodule = build_datamodule(run_cfg)
+    datamodule.prepare_data()
+    module = build_module(run_cfg)
+    load_weights(module, checkpoint)
+    out_dir = Path(cfg.get("output_dir") or run_dir / "evaluation")
+    return test_and_report(run_cfg, module, datamodule, out_dir, checkpoint=checkpoint)

@@ -1,0 +1,80 @@
+"""Every config group choice composes; wrong choices list the valid ones; --help lists the groups."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from tests.conftest import CONF, ROOT, compose_cfg
+
+GROUPS = ["data", "task", "model", "loss", "phase", "hardware", "logger", "callbacks", "trainer", "paths", "experiment"]
+
+
+def choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,choice", [(g, c) for g in GROUPS for c in choices(g)])
+def test_every_choice_composes(group, choice, tmp_path):
+    cfg = compose_cfg("train", [f"{group}={choice}"], tmp_path)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert resolved["seed"] == 42 and resolved["phase"]["stages"]
+    assert resolved["data"]["root"].endswith("cxr_landmarks")
+
+
+@pytest.mark.parametrize("loss", choices("loss"))
+def test_every_loss_instantiates_and_runs(loss, tmp_path):
+    cfg = compose_cfg("train", [f"loss={loss}"], tmp_path)
+    fn = instantiate(cfg.loss, _convert_="all")
+    pred = torch.rand(2, 15, 2) * 299
+    value = fn(pred, pred * 1.05 + 1.0)
+    assert value.ndim == 0 and torch.isfinite(value) and value > 0
+
+
+def test_complete_loss_weights(tmp_path):
+    cfg = compose_cfg("train", ["loss=complete", "loss.terms.symmetry.weight=0.5"], tmp_path)
+    assert cfg.loss.terms.wing.loss.w == 10.0 and cfg.loss.terms.distance.weight == 0.2
+    assert instantiate(cfg.loss, _convert_="all").weights == {"wing": 1.0, "symmetry": 0.5, "distance": 0.2}
+
+
+def test_two_phase_has_both_stages_in_order(tmp_path):
+    cfg = compose_cfg("train", ["phase=two_phase"], tmp_path)
+    stages = cfg.phase.stages
+    assert list(stages) == ["head_only", "finetune"]
+    assert stages.head_only.freeze_backbone and stages.head_only.optimizer.lr == 1e-3 and stages.head_only.epochs == 15
+    ft = stages.finetune
+    assert (ft.optimizer.backbone_lr, ft.optimizer.lr, ft.optimizer.weight_decay) == (2e-5, 2e-4, 5e-5)
+    assert (ft.epochs, ft.scheduler.name, ft.scheduler.eta_min) == (55, "cosine", 2e-6)
+    assert cfg.data.batch_size == 8 and cfg.callbacks.early_stopping.patience == 15
+
+
+def test_data_root_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDYKIT_DATA_ROOT", str(tmp_path / "elsewhere"))
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["paths.output_dir=x"])
+    assert cfg.data.root == str(tmp_path / "elsewhere" / "cxr_landmarks")
+
+
+def test_wrong_choice_lists_valid_options(tmp_path):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cfg("train", ["model=resnet_18"], tmp_path)
+    message = str(err.value)
+    assert "resnet_18" in message
+    for valid in choices("model"):
+        assert valid in message
+
+
+def test_help_lists_groups():
+    out = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for group in GROUPS:
+        assert f"{group}:" in out.stdout, group
+    assert "efficientnet_lite0" in out.stdout and "two_phase" in out.stdout

@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+import torch
+
+from studykit.data.landmark_datamodule import LandmarkDataset, flip_permutation
+from studykit.training.run import build_datamodule
+
+PAIRS = [(3, 4), (5, 6), (7, 8), (12, 13), (14, 15)]
+
+
+def test_flip_permutation_swaps_pairs_only():
+    perm = flip_permutation(15, PAIRS)
+    assert perm[2] == 3 and perm[3] == 2 and perm[13] == 14 and perm[0] == 0 and perm[8] == 8
+    assert (perm[perm] == np.arange(15)).all()
+
+
+def synthetic(size=40):
+    image = np.zeros((1, size, size), dtype=np.uint8)
+    image[0, 5, 10] = 255  # a bright pixel at landmark 3's position
+    pts = np.tile(np.array([[20.0, 20.0]], dtype=np.float32), (15, 1))
+    pts[2] = [10, 5]   # landmark 3 (left)
+    pts[3] = [30, 6]   # landmark 4 (right)
+    return {"images": torch.from_numpy(image), "landmarks": torch.from_numpy(pts)[None],
+            "orig_size": torch.tensor([[size, size]], dtype=torch.float32), "category": torch.tensor([0]), "image_id": ["x"]}
+
+
+def test_horizontal_flip_moves_pixels_and_swaps_labels():
+    data = synthetic()
+    ds = LandmarkDataset(data, input_size=40, train=True, augment={"hflip_p": 1.0}, flip_pairs=PAIRS,
+                         mean=(0, 0, 0), std=(1, 1, 1))
+    item = ds[0]
+    # albumentations flips x to (W - 1) - x; landmark 3 must still be the left-lung point, i.e. the
+    # mirror of the original right point 4, and vice versa
+    assert item["target"][2].tolist() == pytest.approx([(39 - 30) / 40, 6 / 40])
+    assert item["target"][3].tolist() == pytest.approx([(39 - 10) / 40, 5 / 40])
+    assert item["image"][0, 5, 39 - 10].item() == pytest.approx(1.0)
+    assert item["image"].shape == (3, 40, 40)
+
+
+def test_no_augmentation_in_eval_and_resize_normalizes_targets():
+    data = synthetic()
+    ds = LandmarkDataset(data, input_size=20, train=False, augment={"hflip_p": 1.0, "rotate_limit": 15}, flip_pairs=PAIRS)
+    item = ds[0]
+    assert item["image"].shape == (3, 20, 20)
+    assert item["target"][2].tolist() == pytest.approx([10 / 40, 5 / 40])  # resize keeps normalized coordinates
+
+
+def test_rotation_keeps_every_landmark(make_cfg):
+    cfg = make_cfg(["data.augment.rotate_p=1.0", "data.augment.hflip_p=0.0"])
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    for i in range(4):
+        item = dm.train_set[i]
+        assert item["target"].shape == (15, 2) and torch.isfinite(item["target"]).all()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 3, 64, 64) and batch["target"].shape == (4, 15, 2)
+    assert dm.num_landmarks == 15 and dm.categories == ["COVID", "Normal", "Viral_Pneumonia"]
+    # validation items are deterministic; targets of an unrotated image match the cache exactly
+    val = dm.dataset("val")
+    np.testing.assert_allclose(val[0]["target"].numpy() * 64, val.landmarks[0].numpy(), atol=1e-3)

