@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 DATA_ROOT = Path(os.environ.get("STUDYKIT_DATA_ROOT", ROOT.parent / "shared" / "data")).resolve()
 CXR = DATA_ROOT / "cxr_landmarks"
+
+SPLITS = {"train": "coordenadas/coordenadas_train.csv", "val": "coordenadas/coordenadas_val.csv",
+          "test": "coordenadas/coordenadas_test.csv"}
+TINY = {"train": 6, "val": 3, "test": 3}
 
 # a handful of real X-rays at a small size: every training test runs in seconds on two cores
 TINY_CXR = [
@@ -59,3 +64,40 @@ def make_cfg(tmp_path, shared_cache):
         return compose_cfg(config_name, (TINY_CXR if tiny else []) + list(overrides or []), tmp_path / "run", shared_cache)
 
     return _make
+
+
+@pytest.fixture
+def broken_root(cxr_root, tmp_path) -> Path:
+    """A copy of a few real X-rays with an annotation file full of defects."""
+    root = tmp_path / "data"
+    rows = (cxr_root / SPLITS["train"]).read_text().splitlines()[:3]
+    for r in rows:
+        image_id = r.split(",")[-1]
+        folder = image_id.rsplit("-", 1)[0].replace(" ", "_")
+        (root / "dataset" / folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(cxr_root / "dataset" / folder / f"{image_id}.png", root / "dataset" / folder)
+    (root / "dataset" / "COVID").mkdir(exist_ok=True)
+    (root / "dataset" / "COVID" / "COVID-99999.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    good = rows[0].split(",")
+    outside = good.copy()
+    outside[1] = "400"
+    nonnum = good.copy()
+    nonnum[5] = "abc"
+    lines = [
+        rows[0], rows[1], rows[2],
+        ",".join(good[:-3] + [good[-1]]),                    # wrong column count
+        ",".join(nonnum),                                    # non-numeric value
+        ",".join(outside),                                   # coordinate outside the 299x299 image
+        ",".join(good[:-1] + ["COVID-12345"]),               # image file missing
+        ",".join(good[:-1] + ["COVID-99999"]),               # unreadable (corrupt) PNG
+        ",".join(good[:-1] + ["../../etc-passwd"]),          # escapes the data root
+        ",".join(good[:-1] + ["Alien-1"]),                   # class folder not in the category list
+    ]
+    (root / "coordenadas").mkdir()
+    for split in ("train", "val", "test"):
+        (root / "coordenadas" / f"coordenadas_{split}.csv").write_text("\n".join(lines if split == "train" else rows[:1]) + "\n")
+    (root / "dataset" / "Normal").mkdir(exist_ok=True)
+    shutil.copy(next((cxr_root / "dataset" / "Normal").glob("*.png")), root / "dataset" / "Normal" / "Normal-orphan.png")
+    return root
+
+

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from tests.conftest import CONF, ROOT, compose_cfg
 
-GROUPS = ["data", "task", "model", "loss", "phase", "hardware", "logger", "callbacks", "trainer", "paths", "experiment"]
+GROUPS = ["data", "task", "model", "loss", "phase", "hardware", "logger", "callbacks", "trainer", "paths", "experiment", "hparams_search"]
 
 
 def choices(group: str) -> list[str]:
@@ -78,3 +78,8 @@ def test_help_lists_groups():
     for group in GROUPS:
         assert f"{group}:" in out.stdout, group
     assert "efficientnet_lite0" in out.stdout and "two_phase" in out.stdout
+
+
+def test_several_loggers_at_once(tmp_path):
+    cfg = compose_cfg("train", ["logger=[csv,tensorboard,wandb]"], tmp_path)
+    assert set(cfg.logger) == {"csv", "tensorboard", "wandb"} and cfg.logger.wandb.offline is True

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from studykit.utils.io import atomic_write_json, config_hash, sha256_file
+from studykit.utils.io import atomic_write_json, config_hash, file_lock, sha256_file
 
 MANIFEST = "manifest.json"
 
@@ -65,6 +65,12 @@ def cached_build(
     """
     digest = config_hash(config)
     folder = Path(root) / digest[:12]
+    # processes started together (DDP ranks, sweep members) build a cache once
+    with file_lock(Path(root) / f".{digest[:12]}.lock"):
+        return _build_unlocked(folder, digest, config, build, force)
+
+
+def _build_unlocked(folder: Path, digest: str, config: dict[str, Any], build: Callable[[Path], dict[str, Any]], force: bool) -> CacheStatus:
     problem = None if force else manifest_problem(folder, digest)
     if not force and problem is None:
         return CacheStatus(folder, True, "cache hit")

@@ -211,6 +211,16 @@ def prepare_cxr_landmarks(
             for i in issues:
                 where = f"{i.file}:{i.line}" if i.line else f"{i.file} (row {i.annotation})"
                 log.warning("%s: %s", where, i.reason)
+        for name in categories:
+            folder_path = image_root / name
+            if not folder_path.is_dir():
+                problem = Issue(str(folder_path), "class folder is missing")
+            elif not any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder_path.iterdir()):
+                problem = Issue(str(folder_path), "class folder has no images")
+            else:
+                continue
+            report["issues"].append(problem.as_dict())
+            log.warning("%s: %s", problem.file, problem.reason)
         on_disk = {p.resolve() for p in image_root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES}
         report["unannotated_images"] = sorted(str(p) for p in on_disk - referenced)
         if report["unannotated_images"]:

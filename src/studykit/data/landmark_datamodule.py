@@ -76,7 +76,7 @@ class LandmarkDataset(Dataset):
         self.transform = build_transforms(input_size, train, augment)
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
-        self.rng = np.random.default_rng(seed)
+        self.reseed(seed)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -102,7 +102,10 @@ class LandmarkDataset(Dataset):
         }
 
     def reseed(self, seed: int) -> None:
+        """Seed the flip decision and albumentations' own generators (they do not follow torch/numpy)."""
         self.rng = np.random.default_rng(seed)
+        self.flip.set_random_seed(seed)
+        self.transform.set_random_seed(seed)
 
 
 def _worker_init(worker_id: int) -> None:

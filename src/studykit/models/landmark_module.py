@@ -59,7 +59,7 @@ class LandmarkModule(L.LightningModule):
         self.loss_fn = loss
         self.categories = list(categories)
         self.val_metrics = LandmarkErrorMetrics(self.categories)
-        self.test_metrics = LandmarkErrorMetrics(self.categories)
+        self.test_metrics = LandmarkErrorMetrics(self.categories, sync_on_compute=False)  # each rank tests all
         self.stage_cfg: dict[str, Any] = dict(stage or {"freeze_backbone": False, "optimizer": {"lr": 1e-3}})
         self.test_predictions: list[torch.Tensor] = []
 

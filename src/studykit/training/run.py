@@ -13,6 +13,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from studykit.metrics.landmark import report_markdown
@@ -124,10 +125,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         torch.set_num_threads(int(cfg.hardware.num_threads))
 
     datamodule = build_datamodule(cfg)
-    datamodule.prepare_data()
+    datamodule.prepare_data()  # a file lock makes ranks started together build the cache once
     manifest = datamodule.manifest()
-    save_run_info(run_dir, cfg, {"data_manifest_hash": manifest["config_hash"], "data_cache": str(datamodule.cache_folder)})
+    if rank_zero_only.rank == 0:
+        save_run_info(run_dir, cfg, {"data_manifest_hash": manifest["config_hash"], "data_cache": str(datamodule.cache_folder)})
     module = build_module(cfg)
+    if cfg.get("ckpt_path"):
+        safe_torch_load(cfg.ckpt_path)  # refuse a checkpoint that would run code, with the file named
 
     plan = stage_plan(cfg)
     resume_stage = Path(cfg.ckpt_path).parent.name if cfg.get("ckpt_path") else None
@@ -150,7 +154,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         module.set_stage(stage_cfg)
         trainer, checkpoint = build_trainer(cfg, stage, stage_cfg, run_dir)
         start = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except FloatingPointError as err:
+            kept = checkpoint.last_model_path or checkpoint.best_model_path if checkpoint is not None else None
+            raise FloatingPointError(f"{err}; last good checkpoint: {kept or 'none saved yet'}") from err
         seconds = time.perf_counter() - start
         finish_loggers(trainer)
         epochs_run = trainer.current_epoch if not trainer.fast_dev_run else 1
@@ -171,7 +179,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             load_weights(module, best_path)
         summary["test"] = test_and_report(cfg, module, datamodule, run_dir, checkpoint=best_path)
     summary["memory"] = peak_memory_mb()
-    atomic_write_json(run_dir / "train_summary.json", summary)
+    if rank_zero_only.rank == 0:
+        atomic_write_json(run_dir / "train_summary.json", summary)
     return summary
 
 
@@ -180,10 +189,15 @@ def test_and_report(
 ) -> dict[str, Any]:
     """Test `module` and write test_report.json, test_report.md and test_predictions.csv into out_dir."""
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    # under DDP every rank tests the whole split (no distributed sampler, metrics not synced), so the
+    # report is exact and rank 0 writes it
     trainer = L.Trainer(
         accelerator=trainer_kwargs["accelerator"],
         devices=trainer_kwargs["devices"],
+        num_nodes=trainer_kwargs.get("num_nodes", 1),
+        strategy=trainer_kwargs.get("strategy", "auto"),
         precision=trainer_kwargs["precision"],
+        use_distributed_sampler=False,
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -192,6 +206,8 @@ def test_and_report(
     )
     trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = module.test_metrics.report()
+    if not trainer.is_global_zero:
+        return metrics
     report = {
         "run_name": cfg.get("run_name"),
         "checkpoint": checkpoint,
