@@ -3,10 +3,10 @@ PY ?= .venv/bin/python
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test prepare train evaluate sweep bench bench-quick clean
+.PHONY: help setup test prepare train evaluate sweep sweep-ensemble bench bench-quick bench-overhead clean
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
 
 setup: ## create .venv and install the project with its test tools
 	python3 -m venv .venv
@@ -25,14 +25,21 @@ train: ## the main job: two-phase X-ray landmark training, EfficientNet-Lite0 (I
 evaluate: ## test a finished run (ARGS="run_dir=outputs/<run>/<time>")
 	$(PY) evaluate.py $(ARGS)
 
-sweep: ## seed ensemble as a Hydra multirun (ARGS to add overrides)
-	$(PY) train.py -m experiment=cxr_complete model=efficientnet_lite0 seed=1,2,3,4,5 $(ARGS)
+sweep: ## a model x loss grid as a Hydra multirun (ARGS to add overrides)
+	$(PY) train.py -m experiment=cxr_complete model=resnet18,efficientnet_lite0 loss=mse,complete $(ARGS)
+
+sweep-ensemble: ## train 5 seeds, then evaluate them as an ensemble with flip TTA
+	$(PY) train.py -m experiment=cxr_complete model=efficientnet_lite0 seed=1,2,3,4,5 hydra.sweep.dir=multirun/ensemble $(ARGS)
+	$(PY) evaluate.py ensemble=multirun/ensemble tta=true visualize=true
 
 bench: ## full-protocol landmark benchmark -> benchmarks/results/cxr_landmarks.json (hours on CPU)
 	$(PY) benchmarks/cxr_landmarks.py $(ARGS)
 
 bench-quick: ## the benchmark script on a tiny subset, 1 epoch per phase (checks the script only)
 	$(PY) benchmarks/cxr_landmarks.py --quick --results benchmarks/runs/quick.json $(ARGS)
+
+bench-overhead: ## Lightning vs plain PyTorch loop, .pt cache vs PNG decoding -> benchmarks/results/framework_overhead.json
+	$(PY) benchmarks/framework_overhead.py $(ARGS)
 
 clean: ## remove caches, outputs and multirun folders
 	rm -rf .cache outputs multirun benchmarks/runs

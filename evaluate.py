@@ -1,16 +1,28 @@
-"""Test a trained run: `python evaluate.py run_dir=outputs/<run>/<time>` (checkpoint=... to pick one)."""
+"""Evaluate trained runs (see `studykit.evaluation.runner`):
+
+    python evaluate.py run_dir=outputs/<run>/<time> [tta=true] [visualize=true]
+    python evaluate.py ensemble=multirun/<time> [tta=true] [visualize=true]
+    python evaluate.py sweep=multirun/<time>
+    python evaluate.py compare=[<run A>,<run B>]
+"""
 
 import hydra
 from omegaconf import DictConfig
 
 import studykit.config  # noqa: F401  (registers config resolvers)
-from studykit.training.run import evaluate_run
+from studykit.evaluation.runner import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    report = evaluate_run(cfg)
-    print(f"test mean {report['mean_px']:.2f} px, median {report['median_px']:.2f} px on {report['n_images']} images")
+    report = evaluate(cfg)
+    if "mean_px" in report:
+        print(f"test mean {report['mean_px']:.2f} px, median {report['median_px']:.2f} px on {report['n_images']} images")
+    elif "configurations" in report:
+        for row in report["configurations"]:
+            print(f"{row['configuration']}: {row['mean_px']['mean']:.2f} +- {row['mean_px']['std']:.2f} px over {row['seeds']} seeds")
+    else:
+        print(report)
 
 
 if __name__ == "__main__":

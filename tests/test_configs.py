@@ -83,3 +83,18 @@ def test_help_lists_groups():
 def test_several_loggers_at_once(tmp_path):
     cfg = compose_cfg("train", ["logger=[csv,tensorboard,wandb]"], tmp_path)
     assert set(cfg.logger) == {"csv", "tensorboard", "wandb"} and cfg.logger.wandb.offline is True
+
+
+@pytest.mark.parametrize("head", sorted(p.stem for p in (CONF / "model" / "head").glob("*.yaml")))
+def test_model_head_choices_compose(head, tmp_path):
+    cfg = compose_cfg("train", [f"model/head={head}", "model=efficientnet_lite0"], tmp_path)
+    assert cfg.model.head.type == head and cfg.model.backbone.name == "tf_efficientnet_lite0"
+
+
+def test_make_help_lists_every_target():
+    import re
+
+    targets = re.findall(r"^([a-zA-Z_-]+):", (ROOT / "Makefile").read_text(), flags=re.M)
+    out = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
+    listed = {line.split()[0] for line in out.splitlines() if line.strip()}
+    assert set(targets) <= listed, set(targets) - listed

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from studykit.models.backbones import package_file
-from studykit.training.run import evaluate_run, train
+from studykit.evaluation.runner import evaluate
+from studykit.training.run import train
 from studykit.utils.io import safe_torch_load
 
 pytestmark = pytest.mark.slow
@@ -61,7 +62,7 @@ def test_two_phase_freezes_then_finetunes_with_two_lr_groups(make_cfg):
         ]["best_model_score"])))
 
     # evaluate.py on the finished run reproduces the training run's test numbers
-    report = evaluate_run(make_cfg([f"+run_dir={run}"], config_name="evaluate", tiny=False))
+    report = evaluate(make_cfg([f"run_dir={run}"], config_name="evaluate", tiny=False))
     trained = json.loads((run / "test_report.json").read_text())
     assert report["mean_px"] == pytest.approx(trained["mean_px"], rel=1e-5)
     assert (run / "evaluation" / "test_report.json").is_file()

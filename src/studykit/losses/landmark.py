@@ -137,3 +137,25 @@ class CombinedLoss(nn.Module):
         parts = {name: loss(pred, target) for name, loss in self.losses.items()}
         self.last_components = {name: value.detach() for name, value in parts.items()}
         return sum(self.weights[name] * value for name, value in parts.items())
+
+
+def gaussian_maps(points: torch.Tensor, height: int, width: int, sigma: float) -> torch.Tensor:
+    """(B, K, 2) normalized points -> (B, K, H, W) Gaussians (sigma in map cells) that sum to 1."""
+    ys = (torch.arange(height, device=points.device, dtype=points.dtype) + 0.5) / height
+    xs = (torch.arange(width, device=points.device, dtype=points.dtype) + 0.5) / width
+    dx = (xs[None, None, None, :] - points[..., 0, None, None]) * width
+    dy = (ys[None, None, :, None] - points[..., 1, None, None]) * height
+    maps = torch.exp(-(dx**2 + dy**2) / (2 * sigma**2))
+    return maps / maps.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+
+
+def js_divergence_maps(probs: torch.Tensor, target_norm: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+    """Jensen-Shannon divergence between predicted heat maps and Gaussians at the targets (DSNT's regulariser)."""
+    target = gaussian_maps(target_norm, probs.shape[-2], probs.shape[-1], sigma)
+    mix = 0.5 * (probs + target)
+    eps = 1e-12
+
+    def kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        return (p * ((p + eps).log() - (q + eps).log())).sum(dim=(-2, -1))
+
+    return (0.5 * kl(probs, mix) + 0.5 * kl(target, mix)).mean()

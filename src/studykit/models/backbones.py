@@ -123,9 +123,12 @@ def create_backbone(
     pretrained: dict[str, Any] | None = None,
     in_chans: int = 3,
     global_pool: str = "avg",
+    features_only: bool = False,
+    out_indices: tuple[int, ...] | None = None,
     **timm_kwargs: Any,
 ) -> nn.Module:
-    """timm model without classifier; `global_pool=''` keeps the (B, C, H, W) feature map."""
+    """timm model without classifier; `global_pool=''` keeps the (B, C, H, W) feature map, `features_only`
+    returns the list of feature maps at `out_indices` (weights loaded into the full model first)."""
     check_model_name(name)
     spec = dict(pretrained or {"source": "none"})
     source = spec.get("source", "none") or "none"
@@ -142,4 +145,11 @@ def create_backbone(
         if not spec.get("package") or not spec.get("resource"):
             raise WeightsError("pretrained.source=package needs pretrained.package and pretrained.resource")
         load_pretrained(model, package_file(spec["package"], spec["resource"]), spec.get("key_map") or "identity")
+    if features_only:
+        features = timm.create_model(name, pretrained=False, features_only=True, in_chans=in_chans,
+                                     out_indices=tuple(out_indices) if out_indices is not None else None, **timm_kwargs)
+        missing = features.load_state_dict(model.state_dict(), strict=False).missing_keys
+        if missing:
+            raise WeightsError(f"{name}: feature extractor tensors without weights: {missing[:5]}")
+        return features
     return model

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
@@ -37,3 +39,43 @@ class MLPHead(nn.Sequential):
             width = size
         layers += [nn.Dropout(dropout[-1]), nn.Linear(width, out_features), OUTPUTS[output]()]
         super().__init__(*layers)
+
+
+def soft_argmax(logits: torch.Tensor, beta: float | torch.Tensor = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Differentiable spatial soft-argmax (DSNT / integral regression).
+
+    logits (B, K, H, W) -> coordinates (B, K, 2) as (x, y) in [0, 1] of the map (cell centres at
+    (j + 0.5) / W), and the probability maps (B, K, H, W).
+    """
+    b, k, h, w = logits.shape
+    probs = F.softmax(beta * logits.reshape(b, k, h * w), dim=-1).reshape(b, k, h, w)
+    xs = (torch.arange(w, device=logits.device, dtype=probs.dtype) + 0.5) / w
+    ys = (torch.arange(h, device=logits.device, dtype=probs.dtype) + 0.5) / h
+    x = (probs.sum(dim=2) * xs).sum(-1)
+    y = (probs.sum(dim=3) * ys).sum(-1)
+    return torch.stack([x, y], dim=-1), probs
+
+
+def conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class HeatmapHead(nn.Module):
+    """FPN-style decoder over several backbone levels -> one heat map per landmark at the finest level ->
+    soft-argmax coordinates. `last_probs` keeps the probability maps for an optional heat-map loss."""
+
+    def __init__(self, in_channels: Sequence[int], num_landmarks: int, channels: int = 128, depth: int = 2,
+                 beta: float = 1.0, learn_beta: bool = True):
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
+        self.smooth = nn.Sequential(*[conv_bn_relu(channels, channels) for _ in range(depth)])
+        self.out = nn.Conv2d(channels, num_landmarks, 1)
+        self.log_beta = nn.Parameter(torch.tensor(float(beta)).log(), requires_grad=learn_beta)
+        self.last_probs: torch.Tensor | None = None
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        x = self.lateral[-1](features[-1])
+        for lateral, feat in zip(reversed(self.lateral[:-1]), reversed(features[:-1])):
+            x = F.interpolate(x, size=feat.shape[-2:], mode="bilinear", align_corners=False) + lateral(feat)
+        coords, self.last_probs = soft_argmax(self.out(self.smooth(x)), self.log_beta.exp())
+        return coords

@@ -235,28 +235,3 @@ def write_predictions(path: Path, module: L.LightningModule, datamodule: L.Light
         category = datamodule.categories[int(test.category[i])]
         writer.writerow([test.image_id[i], category] + [f"{v:.3f}" for v in preds[i].reshape(-1).tolist()])
     atomic_write_text(path, buf.getvalue())
-
-
-def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
-    """`evaluate.py run_dir=...`: test a finished run's checkpoint with the config that trained it."""
-    run_dir = Path(cfg.run_dir)
-    resolved = run_dir / "config_resolved.yaml"
-    if not resolved.is_file():
-        raise FileNotFoundError(f"{resolved} not found: run_dir must be a train.py output folder")
-    run_cfg = OmegaConf.load(resolved)
-    if cfg.get("overrides"):
-        run_cfg = OmegaConf.merge(run_cfg, OmegaConf.from_dotlist(list(cfg.overrides)))
-    checkpoint = cfg.get("checkpoint")
-    if checkpoint is None:
-        summary = run_dir / "train_summary.json"
-        stages = list(OmegaConf.to_container(run_cfg.phase.stages))
-        best = run_dir / "checkpoints" / stages[-1] / "best.ckpt"
-        checkpoint = str(best) if best.is_file() else None
-        if checkpoint is None:
-            raise FileNotFoundError(f"no best.ckpt under {run_dir / 'checkpoints' / stages[-1]} ({summary} lists what was saved)")
-    datamodule = build_datamodule(run_cfg)
-    datamodule.prepare_data()
-    module = build_module(run_cfg)
-    load_weights(module, checkpoint)
-    out_dir = Path(cfg.get("output_dir") or run_dir / "evaluation")
-    return test_and_report(run_cfg, module, datamodule, out_dir, checkpoint=checkpoint)

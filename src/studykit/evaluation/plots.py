@@ -1,0 +1,95 @@
+"""Visual evaluation of landmark predictions: one overlay per image and summary plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+GREEN, RED = (0, 200, 0), (0, 0, 255)  # BGR
+
+
+def overlay(image: np.ndarray, target: np.ndarray, pred: np.ndarray, scale: int = 2) -> np.ndarray:
+    """Grey image (H, W) with ground truth (green) and prediction (red) points, joined by thin lines."""
+    canvas = cv2.cvtColor(cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR), cv2.COLOR_GRAY2BGR)
+    for k, (t, p) in enumerate(zip(target * scale, pred * scale)):
+        t, p = tuple(int(round(v)) for v in t), tuple(int(round(v)) for v in p)
+        cv2.line(canvas, t, p, (0, 200, 255), 1, cv2.LINE_AA)
+        cv2.circle(canvas, t, 4, GREEN, -1, cv2.LINE_AA)
+        cv2.circle(canvas, p, 4, RED, -1, cv2.LINE_AA)
+        cv2.putText(canvas, str(k + 1), (p[0] + 5, p[1] - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4, RED, 1, cv2.LINE_AA)
+    return canvas
+
+
+def image_name(category: str, image_id: str, error: float) -> str:
+    safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in image_id)
+    return f"{category}_{safe_id}_error_{error:.2f}px.png"
+
+
+def write_overlays(folder: Path, images: np.ndarray, targets: np.ndarray, preds: np.ndarray, categories: Sequence[str],
+                   image_ids: Sequence[str], errors: np.ndarray) -> list[Path]:
+    """One PNG per image, named {Category}_{ImageID}_error_{X.XX}px.png; coordinates in the images' pixels."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for img, t, p, cat, iid, err in zip(images, targets, preds, categories, image_ids, errors):
+        path = folder / image_name(cat, iid, float(err))
+        cv2.imwrite(str(path), overlay(img, t, p))
+        paths.append(path)
+    return paths
+
+
+def summary_plots(folder: Path, point_errors: np.ndarray, categories: Sequence[str], images: np.ndarray,
+                  targets: np.ndarray, preds: np.ndarray, image_ids: Sequence[str], title: str = "") -> dict[str, Path]:
+    """Error per landmark, per category, the cumulative distribution, and the 10 worst images."""
+    folder.mkdir(parents=True, exist_ok=True)
+    per_image = point_errors.mean(1)
+    out = {}
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    k = point_errors.shape[1]
+    ax.bar(np.arange(1, k + 1), point_errors.mean(0), yerr=point_errors.std(0), capsize=3, color="tab:blue")
+    ax.set(xlabel="landmark", ylabel="error (px)", title=f"Error per landmark {title}", xticks=np.arange(1, k + 1))
+    out["per_landmark"] = _save(fig, folder / "error_per_landmark.png")
+
+    names = sorted(set(categories))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.boxplot([per_image[np.asarray(categories) == n] for n in names], showmeans=True)
+    ax.set_xticks(range(1, len(names) + 1), names)
+    ax.set(ylabel="per-image mean error (px)", title=f"Error per category {title}")
+    out["per_category"] = _save(fig, folder / "error_per_category.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for data, label in ((per_image, "per image (mean of points)"), (point_errors.ravel(), "per point")):
+        xs = np.sort(data)
+        ax.plot(xs, np.arange(1, xs.size + 1) / xs.size, label=label)
+    for edge in (5, 8.5, 15):
+        ax.axvline(edge, color="grey", lw=0.5, ls="--")
+    ax.set(xlabel="error (px)", ylabel="fraction <= error", title=f"Cumulative error distribution {title}")
+    ax.legend()
+    out["cdf"] = _save(fig, folder / "error_cdf.png")
+
+    worst = np.argsort(per_image)[::-1][:10]
+    cols = 5
+    rows = int(np.ceil(len(worst) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), worst):
+        ax.imshow(cv2.cvtColor(overlay(images[i], targets[i], preds[i], scale=1), cv2.COLOR_BGR2RGB))
+        ax.set_title(f"{image_ids[i]}\n{per_image[i]:.2f} px", fontsize=8)
+    fig.suptitle(f"10 worst test images {title} (green: truth, red: prediction)")
+    out["worst"] = _save(fig, folder / "worst_10.png")
+    return out
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
