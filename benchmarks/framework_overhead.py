@@ -19,9 +19,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import cv2
 import lightning as L
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 

@@ -18,21 +18,50 @@ def choices(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
+# a data set and the task that reads it go together
+COMPANIONS = {"data=ferplus_distribution": ["task=distribution", "loss=kl"], "task=distribution": ["data=ferplus_distribution", "loss=kl"]}
+
+
 @pytest.mark.parametrize("group,choice", [(g, c) for g in GROUPS for c in choices(g)])
 def test_every_choice_composes(group, choice, tmp_path):
-    cfg = compose_cfg("train", [f"{group}={choice}"], tmp_path)
+    override = f"{group}={choice}"
+    cfg = compose_cfg("train", [override, *COMPANIONS.get(override, [])], tmp_path)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert resolved["seed"] == 42 and resolved["phase"]["stages"]
-    assert resolved["data"]["root"].endswith("cxr_landmarks")
+    assert resolved["data"]["root"].endswith(("cxr_landmarks", "ferplus"))
 
 
-@pytest.mark.parametrize("loss", choices("loss"))
-def test_every_loss_instantiates_and_runs(loss, tmp_path):
+LANDMARK_LOSSES = ["complete", "distance", "l1", "mse", "symmetry", "wing"]
+DISTRIBUTION_LOSSES = ["kl", "kl_l1", "l1", "mse"]
+
+
+def test_loss_lists_cover_every_choice():
+    assert set(LANDMARK_LOSSES) | set(DISTRIBUTION_LOSSES) == set(choices("loss"))
+
+
+@pytest.mark.parametrize("loss", LANDMARK_LOSSES)
+def test_every_landmark_loss_instantiates_and_runs(loss, tmp_path):
     cfg = compose_cfg("train", [f"loss={loss}"], tmp_path)
     fn = instantiate(cfg.loss, _convert_="all")
     pred = torch.rand(2, 15, 2) * 299
     value = fn(pred, pred * 1.05 + 1.0)
     assert value.ndim == 0 and torch.isfinite(value) and value > 0
+
+
+@pytest.mark.parametrize("loss", DISTRIBUTION_LOSSES)
+def test_every_distribution_loss_takes_logits(loss, tmp_path):
+    cfg = compose_cfg("train", ["experiment=ferplus_distribution", f"loss={loss}"], tmp_path)
+    fn = instantiate(cfg.loss, _convert_="all")
+    logits = torch.randn(4, 8)
+    target = torch.softmax(torch.randn(4, 8), -1)
+    assert torch.isfinite(fn(logits, target)) and fn(logits, target) > 0
+    assert fn(torch.log(target) * 1.0, target) < fn(logits, target)  # perfect logits score better
+
+
+def test_kl_on_a_landmark_task_is_a_clear_error(tmp_path):
+    cfg = compose_cfg("train", ["loss=kl"], tmp_path)
+    with pytest.raises(Exception, match="needs logits"):
+        instantiate(cfg.loss, _convert_="all")
 
 
 def test_complete_loss_weights(tmp_path):

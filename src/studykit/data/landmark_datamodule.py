@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 from typing import Any, Sequence
 
 import albumentations as A
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from studykit.data.cache import read_manifest
+from studykit.data.base import IMAGENET_MEAN, IMAGENET_STD, CachedDataModule, grey_to_input
+from studykit.data.cache import CacheStatus
 from studykit.data.cxr_landmarks import prepare_cxr_landmarks
-from studykit.utils.io import safe_torch_load
-
-log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def flip_permutation(num_landmarks: int, pairs: Sequence[Sequence[int]]) -> np.ndarray:
@@ -89,9 +81,7 @@ class LandmarkDataset(Dataset):
             # the image's left lung is now on the right: swap pair labels so landmark k keeps its meaning
             image, points = out["image"], np.asarray(out["keypoints"], dtype=np.float32)[self.perm]
         out = self.transform(image=image, keypoints=points)
-        image = torch.from_numpy(np.ascontiguousarray(out["image"])).float().div_(255.0)
-        image = image.unsqueeze(0).expand(3, -1, -1)  # grey X-ray -> the 3 channels of ImageNet backbones
-        image = (image - self.mean) / self.std
+        image = grey_to_input(out["image"], self.mean, self.std)
         target = torch.as_tensor(np.asarray(out["keypoints"], dtype=np.float32)[:, :2]) / self.input_size
         return {
             "image": image,
@@ -108,12 +98,7 @@ class LandmarkDataset(Dataset):
         self.transform.set_random_seed(seed)
 
 
-def _worker_init(worker_id: int) -> None:
-    info = torch.utils.data.get_worker_info()
-    info.dataset.reseed(info.seed % 2**32)
-
-
-class LandmarkDataModule(L.LightningDataModule):
+class LandmarkDataModule(CachedDataModule):
     def __init__(
         self,
         name: str,
@@ -129,80 +114,26 @@ class LandmarkDataModule(L.LightningDataModule):
         std: Sequence[float] = IMAGENET_STD,
         seed: int = 0,
     ):
-        super().__init__()
-        self.name = name
-        self.root = root
-        self.cache_dir = cache_dir
-        self.prepare_cfg = dict(prepare)
+        super().__init__(name, root, cache_dir, prepare, batch_size, num_workers, mean, std, seed)
         self.flip_pairs = [tuple(p) for p in flip_pairs]
         self.input_size = input_size
-        self.batch_size = batch_size
-        self.num_workers = num_workers
         self.augment = dict(augment or {})
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.seed = seed
-        self.cache_folder: Path | None = None
-        self.splits: dict[str, dict[str, Any]] = {}
         self.categories: list[str] = list(self.prepare_cfg.get("categories", []))
 
     @property
     def num_landmarks(self) -> int:
         return int(self.prepare_cfg.get("num_landmarks", 15))
 
-    def prepare_data(self) -> None:
-        status = prepare_cxr_landmarks(self.root, self.cache_dir, **self.prepare_cfg)
-        self.cache_folder = status.path
-        log.info("%s cache: %s (%s)", self.name, status.path, status.reason)
-
-    def manifest(self) -> dict[str, Any]:
-        if self.cache_folder is None:
-            self.prepare_data()
-        return read_manifest(self.cache_folder)
+    def build_cache(self) -> CacheStatus:
+        return prepare_cxr_landmarks(self.root, self.cache_dir, **self.prepare_cfg)
 
     def load_split(self, split: str) -> dict[str, Any]:
-        if split not in self.splits:
-            if self.cache_folder is None:
-                self.prepare_data()
-            tensors = safe_torch_load(self.cache_folder / f"{split}.pt")
-            if tensors["images"].shape[0] == 0:
-                raise RuntimeError(f"split {split!r} in {self.cache_folder} holds no images; see report.json there")
-            self.splits[split] = tensors
-            self.categories = list(tensors.get("categories", self.categories))
-        return self.splits[split]
+        tensors = super().load_split(split)
+        self.categories = list(tensors.get("categories", self.categories))
+        return tensors
 
     def dataset(self, split: str, train: bool | None = None) -> LandmarkDataset:
         train = (split == "train") if train is None else train
         return LandmarkDataset(
             self.load_split(split), self.input_size, train, self.augment, self.flip_pairs, self.mean, self.std, self.seed
         )
-
-    def setup(self, stage: str | None = None) -> None:
-        if stage in (None, "fit"):
-            self.train_set = self.dataset("train")
-            self.val_set = self.dataset("val")
-        if stage in (None, "validate"):
-            self.val_set = self.dataset("val")
-        if stage in (None, "test", "predict"):
-            self.test_set = self.dataset("test")
-
-    def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            data,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            worker_init_fn=_worker_init if self.num_workers > 0 else None,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)

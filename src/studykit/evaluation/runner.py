@@ -98,6 +98,23 @@ def predictions_csv(pred_px: torch.Tensor, image_ids, categories) -> str:
     return buf.getvalue()
 
 
+def per_sample_csv(ids, values, name: str) -> str:
+    """One score per test sample (e.g. its mean pixel error): what paired tests between runs compare."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["id", name])
+    writer.writerows([i, f"{v:.6f}"] for i, v in zip(ids, values))
+    return buf.getvalue()
+
+
+def read_per_sample(path: Path) -> tuple[list[str], np.ndarray]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} not found: the run predates per-sample scores; re-test it with evaluate.py run_dir=...")
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))[1:]
+    return [r[0] for r in rows], np.asarray([float(r[1]) for r in rows])
+
+
 def read_predictions(path: Path) -> tuple[list[str], torch.Tensor]:
     with open(path, newline="") as fh:
         rows = list(csv.reader(fh))[1:]
@@ -109,12 +126,14 @@ def read_predictions(path: Path) -> tuple[list[str], torch.Tensor]:
 def write_evaluation(out_dir: Path, pred_px: torch.Tensor, test_set, category_names: list[str], title: str,
                      visualize: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     target = lm.targets_px(test_set)
-    report = {**(extra or {}), **lm.error_report(pred_px, target, test_set.category, category_names)}
+    report = {**(extra or {}), "primary_metric": {"name": "mean_px", "mode": "min"},
+              **lm.error_report(pred_px, target, test_set.category, category_names)}
     out_dir.mkdir(parents=True, exist_ok=True)
     cats = [category_names[int(c)] for c in test_set.category]
     atomic_write_json(out_dir / "test_report.json", report)
     atomic_write_text(out_dir / "test_report.md", report_markdown(report, title=title))
     atomic_write_text(out_dir / "test_predictions.csv", predictions_csv(pred_px, test_set.image_id, cats))
+    atomic_write_text(out_dir / "test_per_sample.csv", per_sample_csv(test_set.image_id, lm.per_image_errors(pred_px, target).tolist(), "mean_px"))
     if visualize:
         # draw in the cached images' pixels
         scale = torch.tensor([test_set.images.shape[-1], test_set.images.shape[-2]]) / test_set.orig_size[:, None, :]
@@ -169,40 +188,42 @@ def evaluate_ensemble(folder: Path, tta: bool = False, visualize: bool = False, 
     return report
 
 
-def member_image_errors(run_dir: Path, target_px: torch.Tensor, image_ids: list[str]) -> np.ndarray:
-    ids, pred = read_predictions(Path(run_dir) / "test_predictions.csv")
-    if ids != list(image_ids):
-        raise ValueError(f"{run_dir}/test_predictions.csv lists other images than the test split")
-    return lm.per_image_errors(pred, target_px)
+SKIP_KEYS = {"seed", "n_images", "n_samples", "tta"}
+
+
+def scalar_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """Top-level numbers of a test report, plus one level of per-category means."""
+    out = {k: float(v) for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in SKIP_KEYS}
+    for cat, row in (report.get("per_category") or {}).items():
+        for key in ("mean_px", "mean"):
+            if key in row:
+                out[f"{cat}_{key}"] = float(row[key])
+    return out
 
 
 def summarize_sweep(folder: Path, out_dir: Path | None = None) -> dict[str, Any]:
-    """Mean +- std over seeds for each configuration of a sweep, and a paired per-image test between the
-    two best configurations (per-image errors averaged over each configuration's seeds)."""
+    """Every test metric as mean +- std over seeds for each configuration of a sweep, and a paired test
+    between the two best configurations over the test samples (per-sample scores averaged over seeds)."""
     members = sweep_members(folder)
     groups: dict[str, list[Path]] = {}
     for m in members:
         groups.setdefault(configuration_key(m), []).append(m)
-    first = LoadedRun(members[0])
-    test_set = first.test_set
-    target = lm.targets_px(test_set)
-    rows, per_image = [], {}
+    primary = json.loads((members[0] / "test_report.json").read_text()).get("primary_metric", {"name": "mean_px", "mode": "min"})
+    rows, per_sample = [], {}
     for key, runs in groups.items():
-        reports = [json.loads((r / "test_report.json").read_text()) for r in runs]
-        row = {"configuration": key, "seeds": len(runs)}
-        for metric in ("mean_px", "median_px", "std_px", "max_px"):
-            row[metric] = mean_std(r[metric] for r in reports)
-        for cat in first.datamodule.categories:
-            vals = [r["per_category"][cat]["mean_px"] for r in reports if cat in r["per_category"]]
-            if vals:
-                row[f"{cat}_mean_px"] = mean_std(vals)
-        rows.append(row)
-        per_image[key] = np.mean([member_image_errors(r, target, list(test_set.image_id)) for r in runs], axis=0)
-    rows.sort(key=lambda r: r["mean_px"]["mean"])
-    result: dict[str, Any] = {"sweep": str(folder), "configurations": rows}
+        reports = [scalar_metrics(json.loads((r / "test_report.json").read_text())) for r in runs]
+        names = [k for k in reports[0] if all(k in rep for rep in reports)]
+        rows.append({"configuration": key, "seeds": len(runs), **{n: mean_std(rep[n] for rep in reports) for n in names}})
+        scores = [read_per_sample(r / "test_per_sample.csv") for r in runs]
+        if any(ids != scores[0][0] for ids, _ in scores):
+            raise ValueError(f"members of {key!r} scored different test samples")
+        per_sample[key] = np.mean([v for _, v in scores], axis=0)
+    sign = 1 if primary.get("mode", "min") == "min" else -1
+    rows.sort(key=lambda r: sign * r[primary["name"]]["mean"])
+    result: dict[str, Any] = {"sweep": str(folder), "primary_metric": primary, "configurations": rows}
     if len(rows) >= 2:
         a, b = rows[0]["configuration"], rows[1]["configuration"]
-        result["paired_test_best_two"] = paired_test(per_image[a], per_image[b], (a, b))
+        result["paired_test_best_two"] = paired_test(per_sample[a], per_sample[b], (a, b))
     out_dir = Path(out_dir or Path(folder) / "summary")
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "sweep_summary.json", result)
@@ -211,27 +232,29 @@ def summarize_sweep(folder: Path, out_dir: Path | None = None) -> dict[str, Any]
     writer = csv.writer(buf)
     writer.writerow(["configuration", "seeds"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")])
     for r in rows:
-        writer.writerow([r["configuration"], r["seeds"]] + [f"{r[m][s]:.4f}" if m in r else "" for m in metrics for s in ("mean", "std")])
+        writer.writerow([r["configuration"], r["seeds"]] + [f"{r[m][s]:.6g}" if m in r else "" for m in metrics for s in ("mean", "std")])
     atomic_write_text(out_dir / "sweep_summary.csv", buf.getvalue())
-    md = ["# Sweep summary", "", f"{folder}", "", "| configuration | seeds | " + " | ".join(metrics) + " |",
-          "|---|---|" + "---|" * len(metrics)]
+    md = ["# Sweep summary", "", f"{folder}; sorted by {primary['name']} ({primary.get('mode', 'min')}), mean +- std over seeds", "",
+          "| configuration | seeds | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
     for r in rows:
         md.append(f"| {r['configuration']} | {r['seeds']} | " + " | ".join(
-            f"{r[m]['mean']:.2f} +- {r[m]['std']:.2f}" if m in r else "" for m in metrics) + " |")
+            f"{r[m]['mean']:.4g} +- {r[m]['std']:.2g}" if m in r else "" for m in metrics) + " |")
     if "paired_test_best_two" in result:
         t = result["paired_test_best_two"]
-        md += ["", f"Paired test over {t['n']} test images, best two configurations: mean difference "
-               f"{t['mean_difference']:.3f} px, t-test p = {t['t_pvalue']}, Wilcoxon p = {t['wilcoxon_pvalue']}"]
+        md += ["", f"Paired test of per-sample {primary['name']} over {t['n']} test samples between the best two "
+               f"configurations: mean difference {t['mean_difference']:.4g}, t-test p = {t['t_pvalue']}, "
+               f"Wilcoxon p = {t['wilcoxon_pvalue']}"]
     atomic_write_text(out_dir / "sweep_summary.md", "\n".join(md) + "\n")
     return result
 
 
 def compare_runs(run_a: Path, run_b: Path, out_dir: Path | None = None) -> dict[str, Any]:
-    """Paired per-image test between two runs' test predictions."""
-    first = LoadedRun(run_a)
-    target = lm.targets_px(first.test_set)
-    ids = list(first.test_set.image_id)
-    result = paired_test(member_image_errors(run_a, target, ids), member_image_errors(run_b, target, ids), (str(run_a), str(run_b)))
+    """Paired test of two runs' per-sample test scores."""
+    ids_a, a = read_per_sample(Path(run_a) / "test_per_sample.csv")
+    ids_b, b = read_per_sample(Path(run_b) / "test_per_sample.csv")
+    if ids_a != ids_b:
+        raise ValueError(f"{run_a} and {run_b} were tested on different samples")
+    result = paired_test(a, b, (str(run_a), str(run_b)))
     out_dir = Path(out_dir or Path(run_a) / "comparison")
     atomic_write_json(out_dir / "paired_test.json", result)
     return result
@@ -242,6 +265,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if len(modes) != 1:
         raise ValueError("give exactly one of run_dir=..., ensemble=..., sweep=..., compare=[a,b]")
     out = Path(cfg.output_dir) if cfg.get("output_dir") else None
+    if modes[0] == "run_dir" and str(run_config(Path(cfg.run_dir)).task.module._target_).endswith("DistributionModule"):
+        from studykit.evaluation.distribution import evaluate_distribution
+
+        run = LoadedRun(Path(cfg.run_dir), cfg.get("checkpoint"), list(cfg.get("overrides") or []))
+        return evaluate_distribution(run, out or Path(cfg.run_dir) / "evaluation", cfg.visualize, cfg.get("samples"))
     if modes[0] == "run_dir":
         return evaluate_single(Path(cfg.run_dir), cfg.tta, cfg.visualize, out, cfg.get("checkpoint"), list(cfg.get("overrides") or []))
     if modes[0] == "ensemble":

@@ -20,15 +20,58 @@ def _zero_based(pairs: Sequence[Sequence[int]]) -> torch.Tensor:
     return idx - 1
 
 
-class MSELoss(nn.Module):
-    """Mean squared coordinate error. `scale` divides coordinates first (1 = squared pixels)."""
+INPUTS = ("values", "logits")
 
-    def __init__(self, scale: float = 1.0):
+
+def _as_values(pred: torch.Tensor, input: str) -> torch.Tensor:
+    """`logits` (a distribution head's raw output over the last axis) -> probabilities; `values` unchanged."""
+    if input == "logits":
+        return torch.softmax(pred, dim=-1)
+    if input != "values":
+        raise ValueError(f"loss input must be one of {INPUTS}, got {input!r}")
+    return pred
+
+
+class MSELoss(nn.Module):
+    """Mean squared error: of coordinates (input=values; `scale` divides first, 1 = squared pixels) or of
+    probabilities (input=logits: softmax of the prediction against a target distribution)."""
+
+    def __init__(self, scale: float = 1.0, input: str = "values"):
         super().__init__()
         self.scale = float(scale)
+        self.input = input
+        _as_values(torch.zeros(1), input)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return torch.mean(((pred - target) / self.scale) ** 2)
+        return torch.mean(((_as_values(pred, self.input) - target) / self.scale) ** 2)
+
+
+class L1Loss(nn.Module):
+    """Mean absolute error, of values or (input=logits) of softmax probabilities."""
+
+    def __init__(self, input: str = "values"):
+        super().__init__()
+        self.input = input
+        _as_values(torch.zeros(1), input)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.mean((_as_values(pred, self.input) - target).abs())
+
+
+class KLDivergenceLoss(nn.Module):
+    """KL(target || softmax(logits)), batch mean. Stable: log-softmax of the logits, and the target clamped
+    away from zero (then renormalised) so that empty classes give no log(0)."""
+
+    def __init__(self, eps: float = 1e-6, input: str = "logits"):
+        super().__init__()
+        if input != "logits":
+            raise ValueError("the KL loss needs logits: use it with a distribution head (task=distribution)")
+        self.eps = float(eps)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = target.clamp_min(self.eps)
+        target = target / target.sum(dim=-1, keepdim=True)
+        return (target * (target.log() - torch.log_softmax(logits, dim=-1))).sum(dim=-1).mean()
 
 
 class WingLoss(nn.Module):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import lightning as L
 import torch
 from timm.layers.coord_attn import CoordAttn
 from torch import nn
 
 from studykit.losses.landmark import js_divergence_maps
-from studykit.metrics.landmark import LandmarkErrorMetrics
+from studykit.metrics.landmark import LandmarkErrorMetrics, report_markdown
+from studykit.models.base import PhasedModule
 from studykit.models.backbones import create_backbone
 from studykit.models.heads import HeatmapHead, MLPHead
 
@@ -66,12 +66,9 @@ class LandmarkRegressor(nn.Module):
             return None
         return self.heatmap_loss["weight"] * js_divergence_maps(self.head.last_probs, target_norm, self.heatmap_loss["sigma"])
 
-    def head_parameters(self) -> list[nn.Parameter]:
-        backbone_ids = {id(p) for p in self.backbone.parameters()}
-        return [p for p in self.parameters() if id(p) not in backbone_ids]
 
 
-class LandmarkModule(L.LightningModule):
+class LandmarkModule(PhasedModule):
     """Predictions are normalized to [0, 1] of the input; losses and metrics use pixels of the original."""
 
     def __init__(
@@ -84,62 +81,14 @@ class LandmarkModule(L.LightningModule):
         categories: Sequence[str] = ("COVID", "Normal", "Viral_Pneumonia"),
         stage: dict[str, Any] | None = None,
     ):
-        super().__init__()
+        super().__init__(stage)
         self.save_hyperparameters(ignore=["loss"])
         self.net = LandmarkRegressor(backbone, head, num_landmarks, coord_attention)
         self.loss_fn = loss
         self.categories = list(categories)
         self.val_metrics = LandmarkErrorMetrics(self.categories)
         self.test_metrics = LandmarkErrorMetrics(self.categories, sync_on_compute=False)  # each rank tests all
-        self.stage_cfg: dict[str, Any] = dict(stage or {"freeze_backbone": False, "optimizer": {"lr": 1e-3}})
         self.test_predictions: list[torch.Tensor] = []
-
-    # ---- phases -------------------------------------------------------------------------------------
-    def set_stage(self, stage: dict[str, Any]) -> None:
-        """Switch to a training phase: freezes or thaws the backbone and sets the optimizer for it."""
-        self.stage_cfg = dict(stage)
-        frozen = bool(stage.get("freeze_backbone", False))
-        self.net.backbone.requires_grad_(not frozen)
-        self.train()  # undo the eval mode a frozen backbone was left in by an earlier phase
-
-    @property
-    def backbone_frozen(self) -> bool:
-        return bool(self.stage_cfg.get("freeze_backbone", False))
-
-    def on_train_epoch_start(self) -> None:
-        # Lightning keeps each submodule's train/eval mode across fits, so set it every epoch. Frozen means
-        # frozen: the backbone's BatchNorm running statistics stay those of the pretrained weights.
-        self.net.backbone.train(not self.backbone_frozen)
-
-    def configure_optimizers(self):
-        opt = dict(self.stage_cfg.get("optimizer", {}))
-        lr = float(opt.get("lr", 1e-3))
-        weight_decay = float(opt.get("weight_decay", 0.0))
-        groups = [{"params": self.net.head_parameters(), "lr": lr, "name": "head"}]
-        if not self.backbone_frozen:
-            backbone_lr = opt.get("backbone_lr")
-            groups.append(
-                {"params": list(self.net.backbone.parameters()), "lr": float(backbone_lr if backbone_lr is not None else lr), "name": "backbone"}
-            )
-        name = opt.get("name", "adam").lower()
-        if name == "adam":
-            optimizer = torch.optim.Adam(groups, weight_decay=weight_decay)
-        elif name == "adamw":
-            optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay)
-        elif name == "sgd":
-            optimizer = torch.optim.SGD(groups, momentum=float(opt.get("momentum", 0.9)), weight_decay=weight_decay)
-        else:
-            raise ValueError(f"optimizer.name must be adam, adamw or sgd, got {name!r}")
-        sched = dict(self.stage_cfg.get("scheduler") or {})
-        kind = sched.get("name", "none")
-        if kind == "none":
-            return optimizer
-        if kind == "cosine":
-            t_max = int(sched.get("t_max") or self.stage_cfg.get("epochs") or 1)
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max, eta_min=float(sched.get("eta_min", 0.0)))
-        else:
-            raise ValueError(f"scheduler.name must be none or cosine, got {kind!r}")
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # ---- steps --------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,11 +112,7 @@ class LandmarkModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, _, _ = self._shared_step(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss is {loss.item()} at epoch {self.current_epoch}, global step {self.global_step}, batch {batch_idx}; "
-                "stopping (the last good checkpoint is kept)"
-            )
+        self.check_finite(loss, batch_idx)
         bs = batch["image"].shape[0]
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs)
         for name, value in getattr(self.loss_fn, "last_components", {}).items():
@@ -200,3 +145,21 @@ class LandmarkModule(L.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self.to_pixels(self(batch["image"]), batch["orig_size"])
+
+    # ---- test report --------------------------------------------------------------------------------
+    def test_report(self) -> dict[str, Any]:
+        return {"primary_metric": {"name": "mean_px", "mode": "min"}, **self.test_metrics.report()}
+
+    def test_markdown(self, report: dict[str, Any], title: str) -> str:
+        return report_markdown(report, title=title)
+
+    def test_files(self, datamodule) -> dict[str, str]:
+        from studykit.evaluation.runner import per_sample_csv, predictions_csv
+
+        preds = torch.cat(self.test_predictions)
+        test = datamodule.test_set
+        n = preds.shape[0]
+        categories = [datamodule.categories[int(c)] for c in test.category[:n]]
+        per_image = self.test_metrics.per_image_errors().mean(1).cpu().tolist()
+        return {"test_predictions.csv": predictions_csv(preds, test.image_id, categories),
+                "test_per_sample.csv": per_sample_csv(test.image_id[:n], per_image, "mean_px")}

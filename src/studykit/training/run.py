@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import resource
 import time
@@ -16,7 +14,6 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from studykit.metrics.landmark import report_markdown
 from studykit.training.callbacks import LossHistory
 from studykit.utils.io import atomic_write_json, atomic_write_text, safe_torch_load
 from studykit.utils.run_info import save_run_info
@@ -26,6 +23,17 @@ log = logging.getLogger(__name__)
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     return instantiate(cfg.data)
+
+
+DATA_FILLED = ("num_classes", "classes")
+
+
+def fill_from_data(cfg: DictConfig, datamodule: L.LightningDataModule) -> None:
+    """Set what the task leaves open (???), such as the number of classes, from the prepared data, so the
+    saved config holds the real values."""
+    for key in DATA_FILLED:
+        if key in cfg.task.module.keys() and OmegaConf.is_missing(cfg.task.module, key):
+            cfg.task.module[key] = getattr(datamodule, key)
 
 
 def build_module(cfg: DictConfig) -> L.LightningModule:
@@ -127,16 +135,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()  # a file lock makes ranks started together build the cache once
     manifest = datamodule.manifest()
+    fill_from_data(cfg, datamodule)
     if rank_zero_only.rank == 0:
         save_run_info(run_dir, cfg, {"data_manifest_hash": manifest["config_hash"], "data_cache": str(datamodule.cache_folder)})
     module = build_module(cfg)
-    if cfg.get("ckpt_path"):
-        safe_torch_load(cfg.ckpt_path)  # refuse a checkpoint that would run code, with the file named
 
     plan = stage_plan(cfg)
     resume_stage = Path(cfg.ckpt_path).parent.name if cfg.get("ckpt_path") else None
     if resume_stage is not None and resume_stage not in dict(plan):
         raise ValueError(f"ckpt_path {cfg.ckpt_path}: its folder {resume_stage!r} is not a stage of this phase plan {[s for s, _ in plan]}")
+    if resume_stage is not None:
+        safe_torch_load(cfg.ckpt_path)  # refuse a checkpoint that would run code, with the file named
 
     summary: dict[str, Any] = {"run_name": cfg.run_name, "seed": int(cfg.seed), "stages": {}}
     best_path: str | None = None
@@ -187,7 +196,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def test_and_report(
     cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule, out_dir: Path, checkpoint: str | None
 ) -> dict[str, Any]:
-    """Test `module` and write test_report.json, test_report.md and test_predictions.csv into out_dir."""
+    """Test `module` and write test_report.json, test_report.md and the module's files into out_dir."""
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     # under DDP every rank tests the whole split (no distributed sampler, metrics not synced), so the
     # report is exact and rank 0 writes it
@@ -205,7 +214,7 @@ def test_and_report(
         default_root_dir=str(out_dir),
     )
     trainer.test(module, datamodule=datamodule, verbose=False)
-    metrics = module.test_metrics.report()
+    metrics = module.test_report()
     if not trainer.is_global_zero:
         return metrics
     report = {
@@ -213,25 +222,15 @@ def test_and_report(
         "checkpoint": checkpoint,
         "seed": cfg.get("seed"),
         "model": cfg.model.backbone.name,
+        "task": cfg.task.module._target_.rsplit(".", 1)[-1],
         "loss": cfg.loss.get("_target_"),
         **metrics,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "test_report.json", report)
-    atomic_write_text(out_dir / "test_report.md", report_markdown(metrics, title=f"Test report: {cfg.get('run_name')}"))
-    write_predictions(out_dir / "test_predictions.csv", module, datamodule)
-    log.info("test mean error %.2f px (median %.2f px) on %d images", report["mean_px"], report["median_px"], report["n_images"])
+    atomic_write_text(out_dir / "test_report.md", module.test_markdown(metrics, f"Test report: {cfg.get('run_name')}"))
+    for name, content in module.test_files(datamodule).items():
+        atomic_write_text(out_dir / name, content)
+    primary = metrics["primary_metric"]["name"]
+    log.info("test %s %.4f on %d samples", primary, report[primary], report.get("n_images", report.get("n_samples", -1)))
     return report
-
-
-def write_predictions(path: Path, module: L.LightningModule, datamodule: L.LightningDataModule) -> None:
-    preds = torch.cat(module.test_predictions) if module.test_predictions else torch.zeros(0)
-    test = datamodule.test_set
-    n, k = preds.shape[0], preds.shape[1] if preds.ndim == 3 else 0
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["image_id", "category"] + [f"{axis}{i + 1}" for i in range(k) for axis in ("x", "y")])
-    for i in range(n):
-        category = datamodule.categories[int(test.category[i])]
-        writer.writerow([test.image_id[i], category] + [f"{v:.3f}" for v in preds[i].reshape(-1).tolist()])
-    atomic_write_text(path, buf.getvalue())

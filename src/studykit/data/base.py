@@ -1,0 +1,102 @@
+"""What every task's DataModule shares: prepare (or find) a cache, then read only its `.pt` tensors."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from studykit.data.cache import CacheStatus, read_manifest
+from studykit.utils.io import safe_torch_load
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def grey_to_input(image: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (H, W) grey image -> normalized float (3, H, W), the input of an RGB ImageNet backbone."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255.0).unsqueeze(0).expand(3, -1, -1)
+    return (tensor - mean) / std
+
+
+def _worker_init(worker_id: int) -> None:
+    info = torch.utils.data.get_worker_info()
+    info.dataset.reseed(info.seed % 2**32)
+
+
+class CachedDataModule(L.LightningDataModule):
+    """Subclasses implement `build_cache()` (returns the CacheStatus of their preparation function) and
+    `dataset(split, train)`; splits are loaded from `<cache folder>/<split>.pt` with weights_only=True."""
+
+    def __init__(self, name: str, root: str, cache_dir: str, prepare: dict[str, Any], batch_size: int, num_workers: int,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, seed: int = 0):
+        super().__init__()
+        self.name = name
+        self.root = root
+        self.cache_dir = cache_dir
+        self.prepare_cfg = dict(prepare)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.seed = seed
+        self.cache_folder: Path | None = None
+        self.splits: dict[str, dict[str, Any]] = {}
+
+    def build_cache(self) -> CacheStatus:
+        raise NotImplementedError
+
+    def dataset(self, split: str, train: bool | None = None) -> Dataset:
+        raise NotImplementedError
+
+    def prepare_data(self) -> None:
+        status = self.build_cache()
+        self.cache_folder = status.path
+        log.info("%s cache: %s (%s)", self.name, status.path, status.reason)
+
+    def manifest(self) -> dict[str, Any]:
+        if self.cache_folder is None:
+            self.prepare_data()
+        return read_manifest(self.cache_folder)
+
+    def load_split(self, split: str) -> dict[str, Any]:
+        if split not in self.splits:
+            if self.cache_folder is None:
+                self.prepare_data()
+            tensors = safe_torch_load(self.cache_folder / f"{split}.pt")
+            if tensors["images"].shape[0] == 0:
+                raise RuntimeError(f"split {split!r} in {self.cache_folder} holds no images; see report.json there")
+            self.splits[split] = tensors
+        return self.splits[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self.train_set = self.dataset("train")
+            self.val_set = self.dataset("val")
+        if stage in (None, "validate"):
+            self.val_set = self.dataset("val")
+        if stage in (None, "test", "predict"):
+            self.test_set = self.dataset("test")
+
+    def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0,
+                          worker_init_fn=_worker_init if self.num_workers > 0 else None)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)

@@ -1,0 +1,150 @@
+"""FER+ vote data: label.csv rows -> images and vote distributions, cached as `.pt`.
+
+Each folder's label.csv (Microsoft's own training input) has no header: `image name, "(x, y, w, h)", then 10
+vote counts` in the order of RAW_CLASSES. The class set is configurable: all 10 raw classes, or the 8
+emotions with `unknown` and `NF` (not a face) dropped, or any subset. Votes over the kept classes are
+normalised into a distribution; rows left with no votes are dropped and counted in the report. The number
+of classes comes from the data, so another vote table with other classes needs no code change.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from studykit.data.cache import CacheStatus, cached_build
+from studykit.data.cxr_landmarks import Issue, read_grey
+from studykit.data.paths import UnsafePathError, safe_join
+from studykit.utils.io import atomic_torch_save, atomic_write_json, sha256_file
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+RAW_CLASSES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF")
+CLASS_SETS = {"raw10": RAW_CLASSES, "emotions8": RAW_CLASSES[:8]}
+
+
+def resolve_classes(classes: str | Sequence[str], raw: Sequence[str] = RAW_CLASSES) -> list[str]:
+    names = list(CLASS_SETS[classes]) if isinstance(classes, str) and classes in CLASS_SETS else list(classes)
+    if isinstance(classes, str) and classes not in CLASS_SETS:
+        raise ValueError(f"classes must be one of {sorted(CLASS_SETS)} or a list of names from {list(raw)}")
+    unknown = [c for c in names if c not in raw]
+    if unknown:
+        raise ValueError(f"unknown classes {unknown}; the vote table has {list(raw)}")
+    return names
+
+
+def votes_to_distribution(votes: np.ndarray, keep: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(N, R) vote counts -> (N, C) distributions over the kept columns, and a mask of rows with votes."""
+    kept = votes[:, list(keep)].astype(np.float64)
+    total = kept.sum(axis=1)
+    ok = total > 0
+    dist = np.zeros_like(kept)
+    dist[ok] = kept[ok] / total[ok, None]
+    return dist.astype(np.float32), ok
+
+
+def parse_label_csv(path: Path, image_dir: Path, num_votes: int, split: str) -> tuple[list[str], list[Path], np.ndarray, list[Issue]]:
+    names, paths, votes, issues = [], [], [], []
+    with open(path, newline="") as fh:
+        for line_no, row in enumerate(csv.reader(fh), start=1):
+            if not row:
+                continue
+            if len(row) != 2 + num_votes:
+                issues.append(Issue(str(path), f"expected {2 + num_votes} columns (name, box, {num_votes} votes), found {len(row)}", line_no, split))
+                continue
+            try:
+                counts = [float(v) for v in row[2:]]
+            except ValueError as err:
+                issues.append(Issue(str(path), f"non-numeric vote ({err})", line_no, split))
+                continue
+            if any(c < 0 or not np.isfinite(c) for c in counts):
+                issues.append(Issue(str(path), "negative or non-finite vote count", line_no, split))
+                continue
+            try:
+                image = safe_join(image_dir, row[0].strip(), source=f"{path}:{line_no}")
+            except UnsafePathError as err:
+                issues.append(Issue(str(path), str(err), line_no, split))
+                continue
+            names.append(row[0].strip())
+            paths.append(image)
+            votes.append(counts)
+    return names, paths, np.asarray(votes, dtype=np.float32).reshape(-1, num_votes), issues
+
+
+def prepare_ferplus(
+    root: str | Path,
+    cache_dir: str | Path,
+    splits: dict[str, str],
+    label_file: str = "label.csv",
+    classes: str | Sequence[str] = "emotions8",
+    raw_classes: Sequence[str] = RAW_CLASSES,
+    image_size: int = 48,
+    limit_per_split: dict[str, int] | None = None,
+    force: bool = False,
+) -> CacheStatus:
+    """Cache images (N, S, S) uint8 and vote distributions (N, C) per split, with a report of every drop."""
+    import cv2
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data root {root} does not exist (set paths.data_root or STUDYKIT_DATA_ROOT)")
+    names = resolve_classes(classes, raw_classes)
+    keep = [list(raw_classes).index(c) for c in names]
+    folders = {split: safe_join(root, rel, source="data.prepare.splits") for split, rel in splits.items()}
+    for split, folder in folders.items():
+        if not (folder / label_file).is_file():
+            raise FileNotFoundError(f"vote table for split {split!r} not found: {folder / label_file}")
+    limit_per_split = dict(limit_per_split or {})
+    config = {
+        "dataset": "ferplus", "format_version": FORMAT_VERSION,
+        "labels": {s: sha256_file(f / label_file) for s, f in folders.items()},
+        "classes": names, "raw_classes": list(raw_classes), "image_size": image_size, "limit_per_split": limit_per_split,
+    }
+
+    def build(out: Path) -> dict[str, Any]:
+        report: dict[str, Any] = {"classes": names, "splits": {}, "issues": []}
+        for split, folder in folders.items():
+            ids, paths, votes, issues = parse_label_csv(folder / label_file, folder, len(raw_classes), split)
+            dist, has_votes = votes_to_distribution(votes, keep)
+            no_votes = [ids[i] for i in np.flatnonzero(~has_votes)]
+            limit = limit_per_split.get(split)
+            rows = [i for i in np.flatnonzero(has_votes)][: int(limit) if limit is not None else None]
+            images, kept = [], []
+            for i in tqdm(rows, desc=f"prepare {split}", leave=False):
+                try:
+                    image = read_grey(paths[i]) if paths[i].is_file() else None
+                    if image is None:
+                        raise ValueError("image file not found")
+                except ValueError as err:
+                    issues.append(Issue(str(paths[i]), str(err), split=split))
+                    continue
+                if image.shape != (image_size, image_size):
+                    image = cv2.resize(image, (image_size, image_size), interpolation=cv2.INTER_AREA)
+                images.append(torch.from_numpy(image))
+                kept.append(i)
+            tensors = {
+                "images": torch.stack(images) if images else torch.zeros(0, image_size, image_size, dtype=torch.uint8),
+                "distribution": torch.from_numpy(dist[kept]) if kept else torch.zeros(0, len(names)),
+                "votes": torch.from_numpy(votes[kept]) if kept else torch.zeros(0, len(raw_classes)),
+                "image_id": [ids[i] for i in kept],
+                "classes": names,
+            }
+            atomic_torch_save(tensors, out / f"{split}.pt")
+            report["splits"][split] = {"kept": len(kept), "no_votes_in_class_set": len(no_votes), "skipped": len(issues)}
+            report["issues"] += [i.as_dict() for i in issues]
+            if no_votes:
+                log.warning("%s: %d rows have no votes among %s and were dropped (listed in report.json)", split, len(no_votes), names)
+                report.setdefault("no_votes", {})[split] = no_votes
+            for i in issues:
+                log.warning("%s%s: %s", i.file, f":{i.line}" if i.line else "", i.reason)
+        atomic_write_json(out / "report.json", report)
+        return {"splits": report["splits"], "n_issues": len(report["issues"])}
+
+    return cached_build(cache_dir, config, build, force=force)
