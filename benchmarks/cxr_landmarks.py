@@ -12,18 +12,12 @@ benchmark can be run one configuration at a time (--configs) and resumed after a
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
-import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, RUNS, load_results, machine, run_train, save_results
+
 RESULTS = ROOT / "benchmarks" / "results" / "cxr_landmarks.json"
-RUNS = ROOT / "benchmarks" / "runs"
 
 CONFIGS = {
     "efficientnet_lite0-complete": ["experiment=cxr_complete", "model=efficientnet_lite0"],
@@ -41,32 +35,12 @@ QUICK = [  # the cxr_smoke experiment's settings, applied on top of any configur
 ]
 
 
-def machine() -> dict:
-    import torch
-
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
 def run_config(name: str, overrides: list[str], seed: int, quick: bool, extra: list[str]) -> dict:
-    run_dir = RUNS / (f"quick-{name}" if quick else name)
-    cmd = [sys.executable, "train.py", *overrides, f"seed={seed}", f"hydra.run.dir={run_dir}",
-           "callbacks.progress=null", *(QUICK if quick else []), *extra]
-    print("+", " ".join(cmd), flush=True)
-    start = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True)
-    wall = time.perf_counter() - start
-    report = json.loads((run_dir / "test_report.json").read_text())
-    summary = json.loads((run_dir / "train_summary.json").read_text())
-    epochs = sum(s["epochs_run"] for s in summary["stages"].values())
-    train_seconds = sum(s["seconds"] for s in summary["stages"].values())
-    backbone = name.split("-")[0]
+    run = run_train([*overrides, f"seed={seed}", *(QUICK if quick else []), *extra], RUNS / (f"quick-{name}" if quick else name))
+    report, summary = run["report"], run["summary"]
     return {
-        "command": "python " + " ".join(cmd[1:]),
-        "pretrained": PRETRAINED.get(backbone, "see model config"),
+        "command": run["command"],
+        "pretrained": PRETRAINED.get(name.split("-")[0], "see model config"),
         "test_mean_px": report["mean_px"],
         "test_median_px": report["median_px"],
         "test_std_px": report["std_px"],
@@ -74,9 +48,9 @@ def run_config(name: str, overrides: list[str], seed: int, quick: bool, extra: l
         "per_category_mean_px": {k: v["mean_px"] for k, v in report["per_category"].items()},
         "quality_bins": {k: v["fraction"] for k, v in report["quality_bins"].items()},
         "stages": {k: {kk: v[kk] for kk in ("epochs_run", "seconds_per_epoch", "best_score")} for k, v in summary["stages"].items()},
-        "seconds_per_epoch": train_seconds / max(1, epochs),
-        "train_seconds": train_seconds,
-        "wall_seconds": wall,
+        "seconds_per_epoch": run["seconds_per_epoch"],
+        "train_seconds": run["train_seconds"],
+        "wall_seconds": run["wall_seconds"],
         "peak_memory_mb": summary["memory"],
         "quick": quick,
     }
@@ -91,7 +65,7 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="extra Hydra overrides passed to every run")
     args = parser.parse_args()
 
-    results = json.loads(args.results.read_text()) if args.results.is_file() else {"configurations": {}}
+    results = load_results(args.results, {"configurations": {}})
     for name in args.configs.split(","):
         if name not in CONFIGS:
             raise SystemExit(f"unknown configuration {name!r}; choose from {list(CONFIGS)}")
@@ -114,8 +88,7 @@ def main() -> None:
             "references_px": {"seed_project_resnet18_imagenet_complete": 8.13, "seed_project_mse": 11.34,
                               "best_public_ensemble4_tta": 3.71, "best_public_single_tta": 4.04},
         })
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(json.dumps(results, indent=2) + "\n")
+        save_results(args.results, results)
         print(f"{name}: test mean {results['configurations'][name]['test_mean_px']:.2f} px", flush=True)
 
 

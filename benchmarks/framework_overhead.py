@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -23,14 +22,13 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from common import ROOT, machine
 
-from studykit.data.cxr_landmarks import prepare_cxr_landmarks, read_grey  # noqa: E402
-from studykit.data.landmark_datamodule import LandmarkDataset  # noqa: E402
-from studykit.losses import WingLoss  # noqa: E402
-from studykit.models.landmark_module import LandmarkModule  # noqa: E402
-from studykit.utils.io import safe_torch_load  # noqa: E402
+from studykit.data.cxr_landmarks import prepare_cxr_landmarks, read_grey
+from studykit.data.landmark_datamodule import LandmarkDataset
+from studykit.losses import WingLoss
+from studykit.models.landmark_module import LandmarkModule
+from studykit.utils.io import safe_torch_load
 
 SPLITS = {"train": "coordenadas/coordenadas_train.csv", "val": "coordenadas/coordenadas_val.csv",
           "test": "coordenadas/coordenadas_test.csv"}
@@ -118,6 +116,7 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--load-images", type=int, default=300)
     parser.add_argument("--data-root", default=os.environ.get("STUDYKIT_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
+    parser.add_argument("--note", default="", help="conditions of the measurement, recorded with the results")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "framework_overhead.json")
     args = parser.parse_args()
 
@@ -129,8 +128,10 @@ def main() -> None:
 
     plain, lightning = [], []
     for r in range(args.repeats):
-        plain.append(plain_loop(dataset, args.batch_size, args.steps, args.warmup, seed=r))
-        lightning.append(lightning_loop(dataset, args.batch_size, args.steps, args.warmup, seed=r))
+        # alternate which loop goes first, so a trend in machine load favours neither
+        order = (("plain", plain_loop, plain), ("lightning", lightning_loop, lightning))
+        for _, loop, times in order if r % 2 == 0 else order[::-1]:
+            times.append(loop(dataset, args.batch_size, args.steps, args.warmup, seed=r))
         print(f"repeat {r}: plain {plain[-1]:.2f} s, lightning {lightning[-1]:.2f} s for {args.steps} steps", flush=True)
     images = args.steps * args.batch_size
     plain_s, lightning_s = statistics.median(plain), statistics.median(lightning)
@@ -158,8 +159,8 @@ def main() -> None:
         "loading_images_per_s": {"pt_cache": cache_rate, "png_decode": png_rate},
         "loading_cache_speedup": cache_rate / png_rate,
         "loading_note": "per item: read image, flip/rotate/brightness-contrast/resize with albumentations, normalize",
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                    "torch_threads": torch.get_num_threads()},
+        "machine": machine(),
+        "note": args.note,
         "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)

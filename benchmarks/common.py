@@ -1,0 +1,55 @@
+"""Shared by the benchmark scripts: run train.py as a subprocess and collect what it wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "benchmarks" / "runs"
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def run_train(overrides: list[str], run_dir: Path) -> dict[str, Any]:
+    """Train and test one configuration; returns its test report, train summary, command and timings."""
+    cmd = [sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}", "callbacks.progress=null"]
+    print("+", " ".join(cmd), flush=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    wall = time.perf_counter() - start
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    epochs = sum(s["epochs_run"] for s in summary["stages"].values())
+    train_seconds = sum(s["seconds"] for s in summary["stages"].values())
+    return {
+        "command": "python " + " ".join(cmd[1:]),
+        "report": json.loads((run_dir / "test_report.json").read_text()),
+        "summary": summary,
+        "epochs": epochs,
+        "seconds_per_epoch": train_seconds / max(1, epochs),
+        "train_seconds": train_seconds,
+        "wall_seconds": wall,
+    }
+
+
+def load_results(path: Path, empty: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else empty
+
+
+def save_results(path: Path, results: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
