@@ -3,7 +3,7 @@ PY ?= .venv/bin/python
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test prepare train evaluate sweep sweep-ensemble bench bench-quick bench-overhead clean
+.PHONY: help setup test prepare preprocess train evaluate sweep sweep-ensemble bench bench-quick bench-overhead clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -12,12 +12,17 @@ setup: ## create .venv and install the project with its test tools
 	python3 -m venv .venv
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e ".[dev]"
+	# facenet-pytorch 2.6.0 pins torch<2.3, numpy<2 and an old Pillow; it runs fine beside the pinned-up stack
+	$(PY) -m pip install --no-deps "facenet-pytorch==2.6.0"
 
 test: ## run the test suite (tiny real subsets of ../shared/data)
 	$(PY) -m pytest -q
 
 prepare: ## build the cached tensors of a data set (ARGS="data=cxr_landmarks")
 	$(PY) prepare.py $(ARGS)
+
+preprocess: ## run the cached face pipeline (MTCNN, CLAHE, dlib, crop, 4-channel) on JAFFE
+	$(PY) preprocess.py data=jaffe $(ARGS)
 
 train: ## the main job: two-phase X-ray landmark training, EfficientNet-Lite0 (ImageNet), complete loss
 	$(PY) train.py experiment=cxr_complete model=efficientnet_lite0 $(ARGS)

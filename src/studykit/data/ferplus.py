@@ -21,7 +21,7 @@ from tqdm import tqdm
 from studykit.data.cache import CacheStatus, cached_build
 from studykit.data.cxr_landmarks import Issue, read_grey
 from studykit.data.paths import UnsafePathError, safe_join
-from studykit.utils.io import atomic_torch_save, atomic_write_json, sha256_file
+from studykit.utils.io import atomic_torch_save, atomic_write_json, protect, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ def prepare_ferplus(
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data root {root} does not exist (set paths.data_root or STUDYKIT_DATA_ROOT)")
+    protect(root)
     names = resolve_classes(classes, raw_classes)
     keep = [list(raw_classes).index(c) for c in names]
     folders = {split: safe_join(root, rel, source="data.prepare.splits") for split, rel in splits.items()}

@@ -14,9 +14,26 @@ from typing import Any
 import torch
 
 
+_READ_ONLY_ROOTS: set[Path] = set()
+
+
+def protect(root: str | os.PathLike) -> None:
+    """Declare a data root read-only for this process: every write helper below refuses paths inside it."""
+    _READ_ONLY_ROOTS.add(Path(root).resolve())
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    resolved = path.resolve()
+    for root in _READ_ONLY_ROOTS:
+        if resolved == root or root in resolved.parents:
+            raise PermissionError(f"refusing to write {path}: it lies inside the read-only data root {root}")
+    return path
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write via a temp file in the same folder, then rename: readers never see a partial file."""
-    path = Path(path)
+    path = check_writable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -40,7 +57,7 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    path = Path(path)
+    path = check_writable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

