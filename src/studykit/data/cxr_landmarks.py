@@ -23,8 +23,8 @@ import torch
 from tqdm import tqdm
 
 from studykit.data.cache import CacheStatus, cached_build
-from studykit.data.paths import UnsafePathError, safe_join
-from studykit.utils.io import atomic_torch_save, atomic_write_json, protect, sha256_file
+from studykit.data.paths import UnsafePathError, data_root, safe_join
+from studykit.utils.io import atomic_torch_save, atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +167,7 @@ def prepare_cxr_landmarks(
     force: bool = False,
 ) -> CacheStatus:
     """Build (or find) the cached tensors for every split; returns the cache folder and whether it was hit."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data root {root} does not exist (set paths.data_root or STUDYKIT_DATA_ROOT)")
-    protect(root)
+    root = data_root(root)
     csv_paths = {}
     for split, rel in splits.items():
         path = safe_join(root, rel, source="data.splits")

@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from studykit.data.cache import CacheStatus, cached_build
 from studykit.data.cxr_landmarks import Issue, read_grey
-from studykit.data.paths import UnsafePathError, safe_join
-from studykit.utils.io import atomic_torch_save, atomic_write_json, protect, sha256_file
+from studykit.data.paths import UnsafePathError, data_root, safe_join
+from studykit.utils.io import atomic_torch_save, atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +92,7 @@ def prepare_ferplus(
     """Cache images (N, S, S) uint8 and vote distributions (N, C) per split, with a report of every drop."""
     import cv2
 
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data root {root} does not exist (set paths.data_root or STUDYKIT_DATA_ROOT)")
-    protect(root)
+    root = data_root(root)
     names = resolve_classes(classes, raw_classes)
     keep = [list(raw_classes).index(c) for c in names]
     folders = {split: safe_join(root, rel, source="data.prepare.splits") for split, rel in splits.items()}

@@ -20,3 +20,14 @@ def safe_join(root: str | os.PathLike, *parts: str, source: str = "") -> Path:
     if path != root and root not in path.parents:
         raise UnsafePathError(f"{source}: path {'/'.join(parts)!r} escapes the data root {root}")
     return path
+
+
+def data_root(root: str | os.PathLike) -> Path:
+    """An existing data root, declared read-only for this process (write helpers refuse paths inside it)."""
+    from studykit.utils.io import protect
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data root {root} does not exist (set paths.data_root or STUDYKIT_DATA_ROOT)")
+    protect(root)
+    return root

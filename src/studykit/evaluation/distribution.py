@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from studykit.evaluation.plots import gallery  # noqa: E402
 from studykit.metrics.distribution import DistributionMetrics, distribution_markdown  # noqa: E402
 from studykit.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -51,12 +52,8 @@ def distribution_bars(path: Path, images: np.ndarray, pred: np.ndarray, target: 
 def worst_gallery(path: Path, images: np.ndarray, kl: np.ndarray, pred: np.ndarray, target: np.ndarray,
                   ids: Sequence[str], classes: Sequence[str], n: int = 16) -> Path:
     worst = np.argsort(kl)[::-1][:n]
-    cols = 4
-    rows = int(np.ceil(len(worst) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, i in zip(axes.ravel(), worst):
+    fig, axes = gallery(len(worst), cols=4, cell=(2.6, 2.9))
+    for ax, i in zip(axes, worst):
         ax.imshow(images[i], cmap="gray")
         ax.set_title(f"{ids[i]}\nKL {kl[i]:.2f}: votes {classes[target[i].argmax()]}, "
                      f"pred {classes[pred[i].argmax()]}", fontsize=7)

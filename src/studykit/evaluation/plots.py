@@ -75,17 +75,22 @@ def summary_plots(folder: Path, point_errors: np.ndarray, categories: Sequence[s
     out["cdf"] = _save(fig, folder / "error_cdf.png")
 
     worst = np.argsort(per_image)[::-1][:10]
-    cols = 5
-    rows = int(np.ceil(len(worst) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, i in zip(axes.ravel(), worst):
+    fig, axes = gallery(len(worst), cols=5, cell=(3.0, 3.2))
+    for ax, i in zip(axes, worst):
         ax.imshow(cv2.cvtColor(overlay(images[i], targets[i], preds[i], scale=1), cv2.COLOR_BGR2RGB))
         ax.set_title(f"{image_ids[i]}\n{per_image[i]:.2f} px", fontsize=8)
     fig.suptitle(f"10 worst test images {title} (green: truth, red: prediction)")
     out["worst"] = _save(fig, folder / "worst_10.png")
     return out
+
+
+def gallery(n: int, cols: int, cell: tuple[float, float]):
+    """A figure with n image cells in rows of `cols`, axes off; returns (figure, flat list of axes)."""
+    rows = max(1, int(np.ceil(n / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cell[0] * cols, cell[1] * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    return fig, list(axes.ravel())
 
 
 def _save(fig, path: Path) -> Path:
