@@ -16,7 +16,10 @@ from studykit.evaluation.runner import evaluate
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     report = evaluate(cfg)
-    if "primary_metric" in report and "n_samples" in report:
+    if "confusion_matrix" in report:
+        print(f"test accuracy {report['accuracy']:.4f}, macro-F1 {report['f1_macro']:.4f}, balanced accuracy "
+              f"{report['balanced_accuracy']:.4f} on {report['n_samples']} samples")
+    elif "primary_metric" in report and "n_samples" in report:
         print(f"test KL {report['kl']:.4f}, TVD {report['tvd']:.4f}, EMD {report['emd']:.4f}, accuracy {report['accuracy']:.3f} on {report['n_samples']} samples")
     elif "mean_px" in report:
         print(f"test mean {report['mean_px']:.2f} px, median {report['median_px']:.2f} px on {report['n_images']} images")

@@ -19,7 +19,10 @@ def choices(group: str) -> list[str]:
 
 
 # a data set and the task that reads it go together
-COMPANIONS = {"data=ferplus_distribution": ["task=distribution", "loss=kl"], "task=distribution": ["data=ferplus_distribution", "loss=kl"]}
+COMPANIONS = {
+    "data=ferplus_distribution": ["task=distribution", "loss=kl"], "task=distribution": ["data=ferplus_distribution", "loss=kl"],
+    "data=jaffe": ["task=classification", "loss=ce"], "task=classification": ["data=jaffe", "loss=ce"],
+}
 
 
 @pytest.mark.parametrize("group,choice", [(g, c) for g in GROUPS for c in choices(g)])
@@ -28,7 +31,7 @@ def test_every_choice_composes(group, choice, tmp_path):
     cfg = compose_cfg("train", [override, *COMPANIONS.get(override, [])], tmp_path)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert resolved["seed"] == 42 and resolved["phase"]["stages"]
-    assert resolved["data"]["root"].endswith(("cxr_landmarks", "ferplus"))
+    assert resolved["data"]["root"].endswith(("cxr_landmarks", "ferplus", "jaffe_db"))
 
 
 LANDMARK_LOSSES = ["complete", "distance", "l1", "mse", "symmetry", "wing"]
@@ -36,7 +39,7 @@ DISTRIBUTION_LOSSES = ["kl", "kl_l1", "l1", "mse"]
 
 
 def test_loss_lists_cover_every_choice():
-    assert set(LANDMARK_LOSSES) | set(DISTRIBUTION_LOSSES) == set(choices("loss"))
+    assert set(LANDMARK_LOSSES) | set(DISTRIBUTION_LOSSES) | {"ce"} == set(choices("loss"))
 
 
 @pytest.mark.parametrize("loss", LANDMARK_LOSSES)

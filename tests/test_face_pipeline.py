@@ -114,8 +114,8 @@ def test_not_a_face_and_bad_files_are_recorded(tmp_path):
     shutil.copy(DATA_ROOT / "ferplus/data/FER2013Test/fer0033120.png", folder / "a_icon.png")
     shutil.copy(sorted(JAFFE.glob("*.tiff"))[0], folder / "b_face.tiff")
     (folder / "c_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
-    cfg = compose_cfg("preprocess", ["data=jaffe", f"data.root={folder}", "data.pattern=*.*", "data.labels_from=null",
-                                     "data.pipeline.stages=[raw_tensors,mtcnn_boxes,enhanced_tensors,landmarks]"],
+    cfg = compose_cfg("preprocess", ["data=jaffe", f"data.root={folder}", "data.prepare.pattern=*.*", "data.prepare.labels_from=null",
+                                     "data.prepare.pipeline.stages=[raw_tensors,mtcnn_boxes,enhanced_tensors,landmarks]"],
                       tmp_path / "out", tmp_path / "cache")
     state, _ = preprocess(cfg)
     status = dict(zip([Path(p).name for p in state["paths"]], zip(state["status"], state["reason"])))
@@ -129,7 +129,7 @@ def test_not_a_face_and_bad_files_are_recorded(tmp_path):
 
 
 def test_stages_cache_and_rebuild_only_downstream(tmp_path, monkeypatch):
-    base = ["data=jaffe", "data.limit=3", "data.pipeline.adjusted_dataset.size=128"]
+    base = ["data=jaffe", "data.prepare.limit=3", "data.prepare.pipeline.adjusted_dataset.size=128"]
     cfg = compose_cfg("preprocess", base, tmp_path / "out", tmp_path / "cache")
     state, first = preprocess(cfg)
     assert not any(r.hit for r in first) and state["four_channel"].shape == (3, 4, 128, 128)
@@ -139,7 +139,7 @@ def test_stages_cache_and_rebuild_only_downstream(tmp_path, monkeypatch):
         monkeypatch.setitem(faces.STAGES, name, lambda s, p, f, fn=fn, name=name: calls.append(name) or fn(s, p, f))
     _, again = preprocess(cfg)
     assert all(r.hit for r in again) and calls == []
-    changed = compose_cfg("preprocess", [*base, "data.pipeline.enhanced_tensors.clip_limit=3.0"], tmp_path / "out", tmp_path / "cache")
+    changed = compose_cfg("preprocess", [*base, "data.prepare.pipeline.enhanced_tensors.clip_limit=3.0"], tmp_path / "out", tmp_path / "cache")
     _, third = preprocess(changed)
     assert [r.hit for r in third] == [True, True, False, False, False, False]
     assert calls == ["enhanced_tensors", "landmarks", "adjusted_dataset", "four_channel"]
@@ -155,7 +155,7 @@ def test_pipeline_never_writes_into_its_data_root(tmp_path):
     for src in sorted(JAFFE.glob("*.tiff"))[:3]:
         shutil.copy(src, folder / src.name)
     before = {p.name: sha256_file(p) for p in folder.iterdir()}
-    cfg = compose_cfg("preprocess", ["data=jaffe", f"data.root={folder}", "data.pipeline.adjusted_dataset.size=64"],
+    cfg = compose_cfg("preprocess", ["data=jaffe", f"data.root={folder}", "data.prepare.pipeline.adjusted_dataset.size=64"],
                       tmp_path / "out", tmp_path / "cache")
     state, _ = preprocess(cfg)
     assert state["status"] == ["ok"] * 3

@@ -265,11 +265,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if len(modes) != 1:
         raise ValueError("give exactly one of run_dir=..., ensemble=..., sweep=..., compare=[a,b]")
     out = Path(cfg.output_dir) if cfg.get("output_dir") else None
-    if modes[0] == "run_dir" and str(run_config(Path(cfg.run_dir)).task.module._target_).endswith("DistributionModule"):
+    target = str(run_config(Path(cfg.run_dir)).task.module._target_) if modes[0] == "run_dir" else ""
+    if target.endswith(("DistributionModule", "ClassificationModule")):
+        run = LoadedRun(Path(cfg.run_dir), cfg.get("checkpoint"), list(cfg.get("overrides") or []))
+        out = out or Path(cfg.run_dir) / "evaluation"
+        if target.endswith("ClassificationModule"):
+            from studykit.evaluation.classification import evaluate_classification
+
+            return evaluate_classification(run, out)
         from studykit.evaluation.distribution import evaluate_distribution
 
-        run = LoadedRun(Path(cfg.run_dir), cfg.get("checkpoint"), list(cfg.get("overrides") or []))
-        return evaluate_distribution(run, out or Path(cfg.run_dir) / "evaluation", cfg.visualize, cfg.get("samples"))
+        return evaluate_distribution(run, out, cfg.visualize, cfg.get("samples"))
     if modes[0] == "run_dir":
         return evaluate_single(Path(cfg.run_dir), cfg.tta, cfg.visualize, out, cfg.get("checkpoint"), list(cfg.get("overrides") or []))
     if modes[0] == "ensemble":

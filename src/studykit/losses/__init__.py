@@ -1,5 +1,6 @@
 from studykit.losses.landmark import (
     CombinedLoss,
+    CrossEntropyLoss,
     DistancePreservationLoss,
     KLDivergenceLoss,
     L1Loss,
@@ -8,4 +9,4 @@ from studykit.losses.landmark import (
     WingLoss,
 )
 
-__all__ = ["CombinedLoss", "DistancePreservationLoss", "KLDivergenceLoss", "L1Loss", "MSELoss", "SymmetryLoss", "WingLoss"]
+__all__ = ["CombinedLoss", "CrossEntropyLoss", "DistancePreservationLoss", "KLDivergenceLoss", "L1Loss", "MSELoss", "SymmetryLoss", "WingLoss"]

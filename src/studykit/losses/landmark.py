@@ -202,3 +202,17 @@ def js_divergence_maps(probs: torch.Tensor, target_norm: torch.Tensor, sigma: fl
         return (p * ((p + eps).log() - (q + eps).log())).sum(dim=(-2, -1))
 
     return (0.5 * kl(probs, mix) + 0.5 * kl(target, mix)).mean()
+
+
+class CrossEntropyLoss(nn.Module):
+    """Cross-entropy on logits and integer labels; optional class weights and label smoothing."""
+
+    def __init__(self, class_weights: list[float] | None = None, label_smoothing: float = 0.0, input: str = "logits"):
+        super().__init__()
+        if input != "logits":
+            raise ValueError("cross-entropy needs logits: use it with a classification head (task=classification)")
+        self.register_buffer("weight", torch.tensor(class_weights, dtype=torch.float32) if class_weights else None, persistent=False)
+        self.label_smoothing = float(label_smoothing)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits, target.long(), weight=self.weight, label_smoothing=self.label_smoothing)

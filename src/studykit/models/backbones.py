@@ -112,6 +112,23 @@ def load_pretrained(model: nn.Module, path: Path, key_map: str = "identity") -> 
     log.info("loaded %d pretrained tensors from %s", len(mapped), path)
 
 
+def with_input_channels(rgb_model: nn.Module, name: str, in_chans: int, global_pool: str, **timm_kwargs: Any) -> nn.Module:
+    """The same network for `in_chans` inputs, with the RGB-pretrained first convolution adapted as timm
+    adapts hub weights (timm.models.adapt_input_conv): the RGB kernels repeated over the channels and
+    scaled by 3 / in_chans, so a 4th channel starts as a scaled copy of the RGB response, not as noise."""
+    from timm.models import adapt_input_conv
+
+    state = rgb_model.state_dict()
+    first = rgb_model.pretrained_cfg.get("first_conv")
+    key = f"{first}.weight" if first else None
+    if key not in state:
+        raise WeightsError(f"{name}: cannot find the first convolution ({first!r}) to adapt to {in_chans} input channels")
+    state[key] = adapt_input_conv(in_chans, state[key])
+    model = timm.create_model(name, pretrained=False, num_classes=0, global_pool=global_pool, in_chans=in_chans, **timm_kwargs)
+    model.load_state_dict(state)
+    return model
+
+
 def check_model_name(name: str) -> None:
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=8, cutoff=0.6)
@@ -134,8 +151,11 @@ def create_backbone(
     source = spec.get("source", "none") or "none"
     if source not in ("none", "hub", "file", "package"):
         raise ValueError(f"pretrained.source must be none, hub, file or package, got {source!r}")
+    # hub weights are adapted to in_chans by timm itself; file and package weights load into an RGB model
+    # first and are adapted below the same way
+    file_chans = 3 if source in ("file", "package") else in_chans
     model = timm.create_model(
-        name, pretrained=source == "hub", num_classes=0, global_pool=global_pool, in_chans=in_chans, **timm_kwargs
+        name, pretrained=source == "hub", num_classes=0, global_pool=global_pool, in_chans=file_chans, **timm_kwargs
     )
     if source == "file":
         if not spec.get("path"):
@@ -145,6 +165,8 @@ def create_backbone(
         if not spec.get("package") or not spec.get("resource"):
             raise WeightsError("pretrained.source=package needs pretrained.package and pretrained.resource")
         load_pretrained(model, package_file(spec["package"], spec["resource"]), spec.get("key_map") or "identity")
+    if file_chans != in_chans:
+        model = with_input_channels(model, name, in_chans, global_pool, **timm_kwargs)
     if features_only:
         features = timm.create_model(name, pretrained=False, features_only=True, in_chans=in_chans,
                                      out_indices=tuple(out_indices) if out_indices is not None else None, **timm_kwargs)

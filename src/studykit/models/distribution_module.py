@@ -15,13 +15,13 @@ from studykit.models.base import PhasedModule
 from studykit.models.heads import MLPHead
 
 
-class DistributionNet(nn.Module):
+class ClassifierNet(nn.Module):
     """Backbone (global pooled) -> MLP -> N logits; `features` gives the embedding before the head."""
 
-    def __init__(self, backbone: dict[str, Any], head: dict[str, Any], num_classes: int):
+    def __init__(self, backbone: dict[str, Any], head: dict[str, Any], num_classes: int, in_chans: int = 3):
         super().__init__()
         head = {k: v for k, v in head.items() if k not in ("type", "output")}
-        self.backbone = create_backbone(**backbone, global_pool="avg")
+        self.backbone = create_backbone(**backbone, in_chans=in_chans, global_pool="avg")
         self.head = MLPHead(self.backbone.num_features, num_classes, output="none", **head)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -38,7 +38,7 @@ class DistributionModule(PhasedModule):
                  classes: Sequence[str] = (), stage: dict[str, Any] | None = None, **unused: Any):
         super().__init__(stage)
         self.save_hyperparameters(ignore=["loss"])
-        self.net = DistributionNet(backbone, head, num_classes)
+        self.net = ClassifierNet(backbone, head, num_classes)
         self.loss_fn = loss
         self.classes = list(classes)
         self.val_metrics = DistributionMetrics(self.classes)

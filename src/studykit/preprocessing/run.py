@@ -41,12 +41,17 @@ def build_stages(pipeline: dict[str, Any]) -> list[Stage]:
     return stages
 
 
-def preprocess(cfg: DictConfig) -> tuple[dict[str, Any], list[StageResult]]:
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    root = Path(data["root"])
+def preprocess_faces(root: str | Path, cache_dir: str | Path, prepare: dict[str, Any]) -> tuple[dict[str, Any], list[StageResult]]:
+    """List the images under `root` (prepare: pattern, labels_from, limit) and run prepare['pipeline']."""
+    root = Path(root)
     protect(root)  # the data sets are read-only: no stage may write next to its inputs
-    files = list_images(root, data.get("pattern", "*"), data.get("limit"))
-    labels = [jaffe_label(p) for p in files] if data.get("labels_from") == "jaffe_filename" else [("", "")] * len(files)
+    files = list_images(root, prepare.get("pattern", "*"), prepare.get("limit"))
+    labels = [jaffe_label(p) for p in files] if prepare.get("labels_from") == "jaffe_filename" else [("", "")] * len(files)
     state = {"paths": [str(p) for p in files], "subjects": [s for s, _ in labels], "labels": [e for _, e in labels]}
     source = {"files": [(p.relative_to(root).as_posix(), sha256_file(p)) for p in files], "labels": state["labels"]}
-    return run_pipeline(build_stages(data["pipeline"]), data["cache_dir"], source, state)
+    return run_pipeline(build_stages(prepare["pipeline"]), cache_dir, source, state)
+
+
+def preprocess(cfg: DictConfig) -> tuple[dict[str, Any], list[StageResult]]:
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    return preprocess_faces(data["root"], data["cache_dir"], data["prepare"])

@@ -25,7 +25,7 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     return instantiate(cfg.data)
 
 
-DATA_FILLED = ("num_classes", "classes")
+DATA_FILLED = ("num_classes", "classes", "in_chans")
 
 
 def fill_from_data(cfg: DictConfig, datamodule: L.LightningDataModule) -> None:

@@ -1,0 +1,121 @@
+"""LightningDataModule for expression classification on the face pipeline's cached 4-channel tensors.
+
+Subject-independent evaluation: subjects are dealt round-robin (in sorted order) into `n_folds` folds;
+fold `test_fold` is the test split, fold `val_fold` the validation split, the rest trains. No subject is
+ever in two splits.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from studykit.data.base import IMAGENET_MEAN, IMAGENET_STD, CachedDataModule
+from studykit.data.cache import CacheStatus
+
+
+def subject_folds(subjects: Sequence[str], n_folds: int) -> dict[str, int]:
+    unique = sorted(set(subjects))
+    if n_folds < 2 or n_folds > len(unique):
+        raise ValueError(f"n_folds must be between 2 and the number of subjects ({len(unique)}), got {n_folds}")
+    return {s: i % n_folds for i, s in enumerate(unique)}
+
+
+class FourChannelDataset(Dataset):
+    """uint8 (N, C, S, S) tensors -> float (C, input, input): RGB normalized with the backbone's statistics,
+    the landmark channel scaled to [0, 1]; flips and small rotations move both together."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, ids: list[str], input_size: int, train: bool,
+                 augment: dict[str, Any], mean: Sequence[float], std: Sequence[float], seed: int = 0):
+        self.images, self.labels, self.image_id = images, labels, ids
+        steps: list[A.BasicTransform] = []
+        if train and augment.get("hflip_p", 0):
+            steps.append(A.HorizontalFlip(p=augment["hflip_p"]))
+        if train and augment.get("rotate_limit", 0):
+            lim = float(augment["rotate_limit"])
+            steps.append(A.Affine(rotate=(-lim, lim), border_mode=0, fill=0, p=augment.get("rotate_p", 0.5)))
+        steps.append(A.Resize(input_size, input_size))
+        self.transform = A.Compose(steps, seed=seed)
+        channels = images.shape[1]
+        self.mean = torch.tensor(list(mean) + [0.0] * (channels - 3)).view(-1, 1, 1)
+        self.std = torch.tensor(list(std) + [1.0] * (channels - 3)).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        image = self.transform(image=self.images[idx].permute(1, 2, 0).numpy())["image"]
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+        return {"image": (tensor - self.mean) / self.std, "target": self.labels[idx], "index": idx}
+
+    def reseed(self, seed: int) -> None:
+        self.transform.set_random_seed(seed)
+
+
+class ExpressionDataModule(CachedDataModule):
+    """`pipeline` is the face pipeline's config (conf/data/jaffe.yaml); `classes` the label names."""
+
+    def __init__(self, name: str, root: str, cache_dir: str, prepare: dict[str, Any], classes: Sequence[str],
+                 n_folds: int = 5, test_fold: int = 0, val_fold: int = 1, input_size: int = 224, batch_size: int = 16,
+                 num_workers: int = 0, augment: dict[str, Any] | None = None, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, seed: int = 0):
+        super().__init__(name, root, cache_dir, prepare, batch_size, num_workers, mean, std, seed)
+        self.classes = list(classes)
+        self.n_folds, self.test_fold, self.val_fold = n_folds, test_fold, val_fold
+        if test_fold == val_fold:
+            raise ValueError("test_fold and val_fold must differ")
+        self.input_size = input_size
+        self.augment = dict(augment or {})
+        self.state: dict[str, Any] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_chans(self) -> int:
+        return 4 if "four_channel" in self.prepare_cfg["pipeline"]["stages"] else 3
+
+    def build_cache(self) -> CacheStatus:
+        from studykit.preprocessing.run import preprocess_faces
+
+        self.state, results = preprocess_faces(self.root, self.cache_dir, self.prepare_cfg)
+        last = results[-1]
+        return CacheStatus(last.folder, all(r.hit for r in results), "face pipeline")
+
+    def load_split(self, split: str) -> dict[str, Any]:
+        if split in self.splits:
+            return self.splits[split]
+        if self.state is None:
+            self.prepare_data()
+        st = self.state
+        kept = st["kept"].tolist()
+        images = st["four_channel"] if "four_channel" in st else st["face_images"]
+        labels = [st["labels"][i] for i in kept]
+        unknown = sorted(set(labels) - set(self.classes))
+        if unknown:
+            raise ValueError(f"labels {unknown} are not in data.classes {self.classes}")
+        subjects = [st["subjects"][i] for i in kept]
+        fold_of = subject_folds(subjects, self.n_folds)
+        fold = np.array([fold_of[s] for s in subjects])
+        want = {"test": fold == self.test_fold, "val": fold == self.val_fold,
+                "train": (fold != self.test_fold) & (fold != self.val_fold)}
+        for name, mask in want.items():
+            idx = np.flatnonzero(mask)
+            self.splits[name] = {
+                "images": images[idx],
+                "labels": torch.tensor([self.classes.index(labels[i]) for i in idx], dtype=torch.long),
+                "image_id": [st["paths"][kept[i]].rsplit("/", 1)[-1] for i in idx],
+                "subjects": sorted({subjects[i] for i in idx}),
+            }
+        return self.splits[split]
+
+    def dataset(self, split: str, train: bool | None = None) -> FourChannelDataset:
+        train = (split == "train") if train is None else train
+        data = self.load_split(split)
+        return FourChannelDataset(data["images"], data["labels"], data["image_id"], self.input_size, train, self.augment,
+                                  self.mean, self.std, self.seed)

