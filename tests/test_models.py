@@ -94,7 +94,14 @@ def test_regressor_output_shape_and_range(coord_attention):
     out = net.eval()(torch.randn(2, 3, 64, 64))
     assert out.shape == (2, 15, 2) and (out >= 0).all() and (out <= 1).all()
     assert (net.attention is not None) == coord_attention
-    head_ids = {id(p) for p in net.head_parameters()}
-    assert all(id(p) not in head_ids for p in net.backbone.parameters())
+    # what the phases treat as head: every parameter outside the backbone, the attention block included
+    from studykit.models.landmark_module import LandmarkModule
+    from studykit.losses import MSELoss
+
+    module = LandmarkModule({"name": "resnet18", "pretrained": {"source": "none"}}, {"hidden": [32], "dropout": [0.1, 0.1]},
+                            MSELoss(), coord_attention=coord_attention)
+    head_ids = {id(p) for p in module.head_parameters()}
+    assert head_ids and all(id(p) not in head_ids for p in module.net.backbone.parameters())
+    assert head_ids == {id(p) for p in module.net.parameters()} - {id(p) for p in module.net.backbone.parameters()}
     if coord_attention:
-        assert any(p is q for p in net.head_parameters() for q in net.attention.parameters())
+        assert all(id(q) in head_ids for q in module.net.attention.parameters())
