@@ -16,7 +16,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import ROOT, load_results, machine, save_results
+from common import ROOT, RUNS, load_results, machine, run_train, save_results
 from omegaconf import OmegaConf
 
 from studykit.preprocessing.run import preprocess_faces
@@ -24,13 +24,41 @@ from studykit.preprocessing.run import preprocess_faces
 RESULTS = ROOT / "benchmarks" / "results" / "face_expression.json"
 
 
+def train_folds(args) -> None:
+    """JAFFE expression accuracy, subject-independent: one run per test fold (validation on the next fold)."""
+    results = load_results(args.results, {})
+    folds = results.setdefault("jaffe_folds", {})
+    n_folds = 5
+    for fold in (int(f) for f in args.train_folds.split(",")):
+        run = run_train(["experiment=jaffe_expression", f"model={args.model}", f"data.test_fold={fold}",
+                         f"data.val_fold={(fold + 1) % n_folds}", "seed=42"], RUNS / f"jaffe-{args.model}-fold{fold}")
+        rep = run["report"]
+        folds[str(fold)] = {"accuracy": rep["accuracy"], "f1_macro": rep["f1_macro"], "n_samples": rep["n_samples"],
+                            "epochs": run["epochs"], "seconds_per_epoch": run["seconds_per_epoch"], "command": run["command"]}
+        print(f"fold {fold}: accuracy {rep['accuracy']:.3f}, macro-F1 {rep['f1_macro']:.3f} on {rep['n_samples']} images", flush=True)
+    done = [folds[str(f)] for f in range(n_folds) if str(f) in folds]
+    results["jaffe_model"] = args.model
+    results["jaffe_folds_measured"] = len(done)
+    if len(done) == n_folds:  # the headline number only once every subject has been tested
+        n = sum(d["n_samples"] for d in done)
+        results["jaffe_subject_independent_accuracy"] = sum(d["accuracy"] * d["n_samples"] for d in done) / n
+        results["jaffe_subject_independent_f1_macro"] = sum(d["f1_macro"] for d in done) / n_folds
+    results["machine"] = machine()
+    save_results(args.results, results)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=os.environ.get("STUDYKIT_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/face_bench_cache"))
     parser.add_argument("--note", default="")
+    parser.add_argument("--train-folds", default="", help="e.g. 0,1,2,3,4: train and test JAFFE subject-independently on these test folds")
+    parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.train_folds:
+        train_folds(args)
+        return
 
     data = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "data" / "jaffe.yaml")["prepare"], resolve=False)
     root = Path(args.data_root) / "jaffe" / "jaffe_db"

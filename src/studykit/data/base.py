@@ -56,6 +56,8 @@ class CachedDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     def prepare_data(self) -> None:
+        if self.cache_folder is not None:
+            return  # already checked in this process (train.py prepares before Lightning's own call)
         status = self.build_cache()
         self.cache_folder = status.path
         log.info("%s cache: %s (%s)", self.name, status.path, status.reason)
