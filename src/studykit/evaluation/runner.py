@@ -23,7 +23,7 @@ from studykit.evaluation import landmarks as lm
 from studykit.evaluation.plots import summary_plots, write_overlays
 from studykit.evaluation.stats import mean_std, paired_test
 from studykit.metrics.landmark import report_markdown
-from studykit.utils.io import atomic_write_json, atomic_write_text, safe_torch_load
+from studykit.utils.io import atomic_write_json, atomic_write_text, csv_text, safe_torch_load
 
 log = logging.getLogger(__name__)
 
@@ -89,22 +89,15 @@ class LoadedRun:
 
 
 def predictions_csv(pred_px: torch.Tensor, image_ids, categories) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
     k = pred_px.shape[1]
-    writer.writerow(["image_id", "category"] + [f"{axis}{i + 1}" for i in range(k) for axis in ("x", "y")])
-    for i in range(pred_px.shape[0]):
-        writer.writerow([image_ids[i], categories[i]] + [f"{v:.3f}" for v in pred_px[i].reshape(-1).tolist()])
-    return buf.getvalue()
+    return csv_text(["image_id", "category"] + [f"{axis}{i + 1}" for i in range(k) for axis in ("x", "y")],
+                    ([image_ids[i], categories[i]] + [f"{v:.3f}" for v in pred_px[i].reshape(-1).tolist()]
+                     for i in range(pred_px.shape[0])))
 
 
 def per_sample_csv(ids, values, name: str) -> str:
     """One score per test sample (e.g. its mean pixel error): what paired tests between runs compare."""
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["id", name])
-    writer.writerows([i, f"{v:.6f}"] for i, v in zip(ids, values))
-    return buf.getvalue()
+    return csv_text(["id", name], ([i, f"{v:.6f}"] for i, v in zip(ids, values)))
 
 
 def read_per_sample(path: Path) -> tuple[list[str], np.ndarray]:

@@ -3,8 +3,6 @@ full multiclass metric suite."""
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import Any, Sequence
 
 import torch
@@ -12,6 +10,7 @@ from torch import nn
 
 from studykit.metrics.classification import classification_markdown, classification_metrics, classification_report
 from studykit.models.logits_module import LogitsModule
+from studykit.utils.io import csv_text
 
 
 class ClassificationModule(LogitsModule):
@@ -34,11 +33,8 @@ class ClassificationModule(LogitsModule):
 
         probs, target = torch.cat(self.test_probs), torch.cat(self.test_targets)
         ids = datamodule.test_set.image_id[: probs.shape[0]]
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(["image_id", "label", "predicted"] + [f"p_{c}" for c in self.classes])
-        for i, row_id in enumerate(ids):
-            writer.writerow([row_id, self.classes[int(target[i])], self.classes[int(probs[i].argmax())]]
-                            + [f"{v:.5f}" for v in probs[i].tolist()])
+        rows = ([row_id, self.classes[int(target[i])], self.classes[int(probs[i].argmax())]] + [f"{v:.5f}" for v in probs[i].tolist()]
+                for i, row_id in enumerate(ids))
         correct = (probs.argmax(-1) == target).float().tolist()
-        return {"test_predictions.csv": buf.getvalue(), "test_per_sample.csv": per_sample_csv(ids, correct, "correct")}
+        return {"test_predictions.csv": csv_text(["image_id", "label", "predicted"] + [f"p_{c}" for c in self.classes], rows),
+                "test_per_sample.csv": per_sample_csv(ids, correct, "correct")}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import Any, Sequence
 
 import torch
@@ -11,6 +9,7 @@ from torch import nn
 
 from studykit.metrics.distribution import DistributionMetrics, distribution_markdown
 from studykit.models.logits_module import ClassifierNet, LogitsModule
+from studykit.utils.io import csv_text
 
 __all__ = ["ClassifierNet", "DistributionModule"]
 
@@ -41,10 +40,7 @@ class DistributionModule(LogitsModule):
 
         pred, target = torch.cat(self.test_probs), torch.cat(self.test_targets)
         ids = datamodule.test_set.image_id[: pred.shape[0]]
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(["image_id"] + [f"pred_{c}" for c in self.classes] + [f"votes_{c}" for c in self.classes])
-        for i, row_id in enumerate(ids):
-            writer.writerow([row_id] + [f"{v:.5f}" for v in pred[i].tolist()] + [f"{v:.5f}" for v in target[i].tolist()])
+        header = ["image_id"] + [f"pred_{c}" for c in self.classes] + [f"votes_{c}" for c in self.classes]
+        rows = ([row_id] + [f"{v:.5f}" for v in pred[i].tolist()] + [f"{v:.5f}" for v in target[i].tolist()] for i, row_id in enumerate(ids))
         kl = self.test_metric().scores()["kl"].tolist()
-        return {"test_predictions.csv": buf.getvalue(), "test_per_sample.csv": per_sample_csv(ids, kl, "kl")}
+        return {"test_predictions.csv": csv_text(header, rows), "test_per_sample.csv": per_sample_csv(ids, kl, "kl")}
