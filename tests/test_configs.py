@@ -22,6 +22,7 @@ def choices(group: str) -> list[str]:
 COMPANIONS = {
     "data=ferplus_distribution": ["task=distribution", "loss=kl"], "task=distribution": ["data=ferplus_distribution", "loss=kl"],
     "data=jaffe": ["task=classification", "loss=ce"], "task=classification": ["data=jaffe", "loss=ce"],
+    "data=ferplus_expression": ["task=classification", "loss=ce"],
 }
 
 

@@ -1,8 +1,10 @@
 """LightningDataModule for expression classification on the face pipeline's cached 4-channel tensors.
 
-Subject-independent evaluation: subjects are dealt round-robin (in sorted order) into `n_folds` folds;
-fold `test_fold` is the test split, fold `val_fold` the validation split, the rest trains. No subject is
-ever in two splits.
+Two ways to split (`split_by`):
+- `subject` (JAFFE): subject-independent evaluation. Subjects are dealt round-robin (in sorted order) into
+  `n_folds` folds; fold `test_fold` is the test split, fold `val_fold` the validation split, the rest trains.
+  No subject is ever in two splits.
+- `folder` (FER+): the data set's own train / val / test folders, as listed in `prepare.splits`.
 """
 
 from __future__ import annotations
@@ -62,11 +64,14 @@ class ExpressionDataModule(CachedDataModule):
     def __init__(self, name: str, root: str, cache_dir: str, prepare: dict[str, Any], classes: Sequence[str],
                  n_folds: int = 5, test_fold: int = 0, val_fold: int = 1, input_size: int = 224, batch_size: int = 16,
                  num_workers: int = 0, augment: dict[str, Any] | None = None, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, seed: int = 0):
+                 std: Sequence[float] = IMAGENET_STD, seed: int = 0, split_by: str = "subject"):
         super().__init__(name, root, cache_dir, prepare, batch_size, num_workers, mean, std, seed)
         self.classes = list(classes)
         self.n_folds, self.test_fold, self.val_fold = n_folds, test_fold, val_fold
-        if test_fold == val_fold:
+        if split_by not in ("subject", "folder"):
+            raise ValueError(f"data.split_by must be 'subject' or 'folder', got {split_by!r}")
+        self.split_by = split_by
+        if split_by == "subject" and test_fold == val_fold:
             raise ValueError("test_fold and val_fold must differ")
         self.input_size = input_size
         self.augment = dict(augment or {})
@@ -100,17 +105,24 @@ class ExpressionDataModule(CachedDataModule):
         if unknown:
             raise ValueError(f"labels {unknown} are not in data.classes {self.classes}")
         subjects = [st["subjects"][i] for i in kept]
-        fold_of = subject_folds(subjects, self.n_folds)
-        fold = np.array([fold_of[s] for s in subjects])
-        want = {"test": fold == self.test_fold, "val": fold == self.val_fold,
-                "train": (fold != self.test_fold) & (fold != self.val_fold)}
+        if self.split_by == "folder":
+            tags = np.array([st["splits"][i] for i in kept])
+            want = {name: tags == name for name in ("train", "val", "test")}
+            empty = [name for name, mask in want.items() if not mask.any()]
+            if empty:
+                raise ValueError(f"{self.name}: no images in split(s) {empty}; data.prepare.splits must name train, val and test")
+        else:
+            fold_of = subject_folds(subjects, self.n_folds)
+            fold = np.array([fold_of[s] for s in subjects])
+            want = {"test": fold == self.test_fold, "val": fold == self.val_fold,
+                    "train": (fold != self.test_fold) & (fold != self.val_fold)}
         for name, mask in want.items():
             idx = np.flatnonzero(mask)
             self.splits[name] = {
                 "images": images[idx],
                 "labels": torch.tensor([self.classes.index(labels[i]) for i in idx], dtype=torch.long),
                 "image_id": [st["paths"][kept[i]].rsplit("/", 1)[-1] for i in idx],
-                "subjects": sorted({subjects[i] for i in idx}),
+                "subjects": sorted({subjects[i] for i in idx} - {""}),
             }
         return self.splits[split]
 

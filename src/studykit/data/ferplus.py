@@ -50,6 +50,30 @@ def votes_to_distribution(votes: np.ndarray, keep: Sequence[int]) -> tuple[np.nd
     return dist.astype(np.float32), ok
 
 
+def majority_labels(votes: np.ndarray, raw_classes: Sequence[str] = RAW_CLASSES,
+                    classes: Sequence[str] = RAW_CLASSES[:8]) -> tuple[np.ndarray, list[str]]:
+    """Microsoft's FER+ majority rule (FERPlus/src/ferplus.py, mode 'majority') on (N, R) raw vote counts:
+    votes of 1 are dropped as outliers; the class with more than half of the remaining votes wins; with no such
+    class the face is 'unknown'. Faces whose winner is not in `classes` (unknown, NF) are excluded.
+    Returns the label index into `classes` (-1 when excluded) and the reason for each exclusion ('' if kept)."""
+    counts = np.where(votes > 1.0, votes, 0.0)
+    total = counts.sum(axis=1)
+    top = counts.argmax(axis=1)
+    has_majority = counts.max(axis=1) > 0.5 * total  # also False when every vote was a single
+    index = {name: k for k, name in enumerate(classes)}
+    labels = np.full(len(votes), -1, dtype=np.int64)
+    reasons = []
+    for i in range(len(votes)):
+        if not has_majority[i]:
+            reasons.append("no majority: no class holds more than half of the votes left after dropping single votes")
+        elif raw_classes[top[i]] not in index:
+            reasons.append(f"majority class {raw_classes[top[i]]!r} is not in the class set")
+        else:
+            labels[i] = index[raw_classes[top[i]]]
+            reasons.append("")
+    return labels, reasons
+
+
 def parse_label_csv(path: Path, image_dir: Path, num_votes: int, split: str) -> tuple[list[str], list[Path], np.ndarray, list[Issue]]:
     names, paths, votes, issues = [], [], [], []
     with open(path, newline="") as fh:

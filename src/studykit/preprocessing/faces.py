@@ -1,5 +1,6 @@
-"""Face preprocessing stages: raw tensors, MTCNN boxes, CLAHE + unsharp enhancement, dlib 68 landmarks,
-crop with padding, resize with exact coordinate mapping, and a landmark heat-map channel.
+"""Face preprocessing stages: raw tensors, MTCNN boxes (or the full frame, for images that are already face
+crops), CLAHE + unsharp enhancement, dlib 68 landmarks, crop with padding, resize with exact coordinate mapping,
+and a landmark heat-map channel.
 
 Coordinates are pixel indices (pixel i has its centre at i), dlib's convention. Images that fail a stage
 (unreadable file, no face) keep their row with a status and a reason and are filtered from later stages.
@@ -50,18 +51,25 @@ def fail(state: dict[str, Any], i: int, status: str, reason: str) -> None:
 # ---- 1. raw tensors --------------------------------------------------------------------------------------
 def raw_tensors(state: dict[str, Any], params: dict[str, Any], folder: Path) -> dict[str, Any]:
     images, status, reason, sizes = [], [], [], []
+    # per-channel statistics accumulated in float64 sums: a large data set never sits in memory as floats
+    total, total_sq, count = np.zeros(3), np.zeros(3), 0
     for path in tqdm(state["paths"], desc="raw tensors", leave=False):
         try:
             img = read_rgb(Path(path))
             images.append(torch.from_numpy(img.copy()).permute(2, 0, 1))
             status.append(OK), reason.append(""), sizes.append(img.shape[:2])
+            pixels = img.reshape(-1, 3).astype(np.float64) / 255.0
+            total += pixels.sum(0)
+            total_sq += (pixels**2).sum(0)
+            count += pixels.shape[0]
         except (FileNotFoundError, ValueError) as err:
             images.append(torch.zeros(3, 1, 1, dtype=torch.uint8))
             status.append("unreadable"), reason.append(str(err)), sizes.append((0, 0))
             log.error("%s", err)
-    good = [images[i].float().div(255).flatten(1) for i, s in enumerate(status) if s == OK]
-    pixels = torch.cat(good, dim=1) if good else torch.zeros(3, 1)
-    return {"images": images, "mean": pixels.mean(1), "std": pixels.std(1), "status": status, "reason": reason,
+    mean = total / max(count, 1)
+    var = (total_sq - count * mean**2) / max(count - 1, 1)  # unbiased, as torch.std
+    return {"images": images, "mean": torch.tensor(mean, dtype=torch.float32),
+            "std": torch.tensor(np.sqrt(np.maximum(var, 0.0)), dtype=torch.float32), "status": status, "reason": reason,
             "orig_size": torch.tensor(sizes, dtype=torch.long)}
 
 
@@ -90,6 +98,15 @@ def mtcnn_boxes(state: dict[str, Any], params: dict[str, Any], folder: Path) -> 
         best = int(p.argmax())
         boxes[i], probs[i] = torch.from_numpy(found[best]), float(p[best])
     return {"boxes": boxes, "box_prob": probs, "status": status, "reason": reason}
+
+
+def full_frame_boxes(state: dict[str, Any], params: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The whole image as the face box: for data sets whose images are already face crops (FER+), where
+    running a detector would only lose faces too small or too tight for it."""
+    sizes = state["orig_size"].float()
+    n = len(state["paths"])
+    boxes = torch.stack([torch.zeros(n), torch.zeros(n), sizes[:, 1], sizes[:, 0]], dim=1)
+    return {"boxes": boxes, "box_prob": torch.full((n,), float("nan"))}
 
 
 # ---- 3. enhancement ---------------------------------------------------------------------------------------
@@ -221,15 +238,18 @@ def crop_resize(state: dict[str, Any], params: dict[str, Any], folder: Path) -> 
         images.append(torch.from_numpy(resized).permute(2, 0, 1).contiguous())
         box = state["boxes"][i].numpy().reshape(2, 2)
         boxes.append(torch.from_numpy(map_points(box, crop, size).reshape(4)).float())
-        points.append(torch.from_numpy(map_points(state["landmarks"][i].numpy(), crop, size)).float())
+        if "landmarks" in state:
+            points.append(torch.from_numpy(map_points(state["landmarks"][i].numpy(), crop, size)).float())
         crops.append(crop)
-    return {
+    out = {
         "face_images": torch.stack(images) if images else torch.zeros(0, 3, size, size, dtype=torch.uint8),
         "face_boxes": torch.stack(boxes) if boxes else torch.zeros(0, 4),
-        "face_landmarks": torch.stack(points) if points else torch.zeros(0, 68, 2),
         "crop": torch.tensor(crops, dtype=torch.long).reshape(-1, 4),
         "kept": torch.tensor(keep, dtype=torch.long),
     }
+    if "landmarks" in state:  # the landmark stage is optional (already-cropped faces may skip it)
+        out["face_landmarks"] = torch.stack(points) if points else torch.zeros(0, 68, 2)
+    return out
 
 
 # ---- 9. landmark channel --------------------------------------------------------------------------------
@@ -265,8 +285,19 @@ def four_channel(state: dict[str, Any], params: dict[str, Any], folder: Path) ->
 STAGES = {
     "raw_tensors": raw_tensors,
     "mtcnn_boxes": mtcnn_boxes,
+    "full_frame_boxes": full_frame_boxes,
     "enhanced_tensors": enhanced_tensors,
     "landmarks": landmarks,
     "adjusted_dataset": crop_resize,
     "four_channel": four_channel,
+}
+
+# what each stage reads from the state and adds to it: preprocess.py checks a configured order before running
+STAGE_NEEDS = {
+    "mtcnn_boxes": ("images",), "full_frame_boxes": ("images",), "enhanced_tensors": ("images",),
+    "landmarks": ("images", "boxes"), "adjusted_dataset": ("images", "boxes"), "four_channel": ("face_images", "landmarks"),
+}
+STAGE_MAKES = {
+    "raw_tensors": {"images"}, "mtcnn_boxes": {"boxes"}, "full_frame_boxes": {"boxes"}, "enhanced_tensors": {"images"},
+    "landmarks": {"landmarks"}, "adjusted_dataset": {"face_images"}, "four_channel": {"four_channel"},
 }

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from studykit.preprocessing.faces import STAGES
+from studykit.data.ferplus import RAW_CLASSES, majority_labels, parse_label_csv, resolve_classes
+from studykit.data.paths import safe_join
+from studykit.preprocessing.faces import STAGE_MAKES, STAGE_NEEDS, STAGES
 from studykit.preprocessing.pipeline import Stage, StageResult, run_pipeline
-from studykit.utils.io import protect, sha256_file
+from studykit.utils.io import atomic_write_json, protect, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +36,89 @@ def list_images(root: Path, pattern: str, limit: int | None = None) -> list[Path
     return files[:limit] if limit else files
 
 
+@dataclass
+class Source:
+    """What the pipeline runs on: image files with a label and a subject or split tag each, and the rows
+    of the data set that were left out before any stage ran, with the reason for each."""
+
+    paths: list[Path]
+    labels: list[str]
+    subjects: list[str]
+    splits: list[str]
+    excluded: list[dict[str, str]] = field(default_factory=list)
+
+
+def glob_source(root: Path, prepare: dict[str, Any]) -> Source:
+    files = list_images(root, prepare.get("pattern", "*"), prepare.get("limit"))
+    return Source(files, [""] * len(files), [""] * len(files), [""] * len(files))
+
+
+def jaffe_source(root: Path, prepare: dict[str, Any]) -> Source:
+    files = list_images(root, prepare.get("pattern", "*.tiff"), prepare.get("limit"))
+    tags = [jaffe_label(p) for p in files]
+    return Source(files, [e for _, e in tags], [s for s, _ in tags], [""] * len(files))
+
+
+def ferplus_source(root: Path, prepare: dict[str, Any]) -> Source:
+    """FER+ faces labelled by Microsoft's majority rule over each split folder's label.csv; faces with no
+    majority, or whose majority is unknown / not-a-face, and files listed in `exclude` are left out and recorded."""
+    raw = list(prepare.get("raw_classes", RAW_CLASSES))
+    classes = resolve_classes(prepare.get("classes", "emotions8"), raw)
+    exclude = {str(e) for e in prepare.get("exclude") or []}
+    limits = dict(prepare.get("limit_per_split") or {})
+    src = Source([], [], [], [])
+    for split, rel in prepare["splits"].items():
+        folder = safe_join(root, rel, source="data.prepare.splits")
+        table = folder / prepare.get("label_file", "label.csv")
+        if not table.is_file():
+            raise FileNotFoundError(f"vote table for split {split!r} not found: {table}")
+        names, paths, votes, issues = parse_label_csv(table, folder, len(raw), split)
+        src.excluded += [{"path": i.file + (f":{i.line}" if i.line else ""), "split": split, "reason": i.reason} for i in issues]
+        labels, reasons = majority_labels(votes, raw, classes)
+        kept = 0
+        for path, label, reason in zip(paths, labels, reasons):
+            rel_path = path.relative_to(root).as_posix()
+            if not reason and any(rel_path.endswith(e) for e in exclude):
+                reason = "listed in data.prepare.exclude"
+            if not reason and not path.is_file():
+                reason = "image file not found"
+            if reason:
+                src.excluded.append({"path": rel_path, "split": split, "reason": reason})
+                continue
+            if limits.get(split) is not None and kept >= int(limits[split]):
+                continue  # a subset: keep reading, so that the report still lists every exclusion
+            src.paths.append(path), src.labels.append(classes[label]), src.subjects.append(""), src.splits.append(split)
+            kept += 1
+    if not src.paths:
+        raise FileNotFoundError(f"no labelled FER+ images under {root} (splits {dict(prepare['splits'])})")
+    return src
+
+
+SOURCES = {None: glob_source, "none": glob_source, "jaffe_filename": jaffe_source, "ferplus_majority": ferplus_source}
+
+
+def write_source_report(cache_dir: Path, source: Source) -> None:
+    reasons = Counter(e["reason"].split(":")[0] for e in source.excluded)
+    report = {"listed": len(source.paths) + len(source.excluded), "kept": len(source.paths),
+              "kept_per_split": dict(Counter(source.splits)), "kept_per_label": dict(Counter(source.labels)),
+              "excluded": len(source.excluded), "excluded_by_reason": dict(reasons), "excluded_rows": source.excluded}
+    atomic_write_json(cache_dir / "source_report.json", report)
+    if source.excluded:
+        log.warning("%d rows left out before preprocessing (%s); listed in %s", len(source.excluded),
+                    ", ".join(f"{n} {r}" for r, n in reasons.most_common()), cache_dir / "source_report.json")
+
+
 def build_stages(pipeline: dict[str, Any]) -> list[Stage]:
-    stages = []
+    """The configured stages in order, checked up front: each stage's inputs must come from an earlier one."""
+    stages, made = [], set()
     for name in pipeline["stages"]:
         if name not in STAGES:
             raise ValueError(f"unknown preprocessing stage {name!r}; stages: {list(STAGES)}")
+        missing = [need for need in STAGE_NEEDS.get(name, ()) if need not in made]
+        if missing:
+            raise ValueError(f"preprocessing stage {name!r} needs {missing}, which no earlier stage in "
+                             f"data.prepare.pipeline.stages={list(pipeline['stages'])} makes")
+        made |= STAGE_MAKES.get(name, set())
         stages.append(Stage(name, STAGES[name], dict(pipeline.get(name) or {})))
     return stages
 
@@ -44,12 +126,20 @@ def build_stages(pipeline: dict[str, Any]) -> list[Stage]:
 def preprocess_faces(root: str | Path, cache_dir: str | Path, prepare: dict[str, Any]) -> tuple[dict[str, Any], list[StageResult]]:
     """List the images under `root` (prepare: pattern, labels_from, limit) and run prepare['pipeline']."""
     root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist (set paths.data_root or STUDYKIT_DATA_ROOT)")
     protect(root)  # the data sets are read-only: no stage may write next to its inputs
-    files = list_images(root, prepare.get("pattern", "*"), prepare.get("limit"))
-    labels = [jaffe_label(p) for p in files] if prepare.get("labels_from") == "jaffe_filename" else [("", "")] * len(files)
-    state = {"paths": [str(p) for p in files], "subjects": [s for s, _ in labels], "labels": [e for _, e in labels]}
-    source = {"files": [(p.relative_to(root).as_posix(), sha256_file(p)) for p in files], "labels": state["labels"]}
-    return run_pipeline(build_stages(prepare["pipeline"]), cache_dir, source, state)
+    lister = prepare.get("labels_from")
+    if lister not in SOURCES:
+        raise ValueError(f"data.prepare.labels_from={lister!r} unknown; choose one of {[k for k in SOURCES if k]}")
+    stages = build_stages(prepare["pipeline"])
+    src = SOURCES[lister](root, prepare)
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    write_source_report(Path(cache_dir), src)
+    state = {"paths": [str(p) for p in src.paths], "subjects": src.subjects, "labels": src.labels, "splits": src.splits}
+    source = {"files": [(p.relative_to(root).as_posix(), sha256_file(p)) for p in src.paths], "labels": src.labels,
+              "subjects": src.subjects, "splits": src.splits}
+    return run_pipeline(stages, cache_dir, source, state)
 
 
 def preprocess(cfg: DictConfig) -> tuple[dict[str, Any], list[StageResult]]:

@@ -1,0 +1,95 @@
+"""FER+ as an expression data set: Microsoft's majority rule on real label.csv rows, the face pipeline with
+selectable stages (full-frame boxes, no detector), folder splits, and a short training run."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from studykit.data.ferplus import RAW_CLASSES, majority_labels, parse_label_csv
+from studykit.evaluation.runner import evaluate
+from studykit.preprocessing.run import build_stages, preprocess
+from studykit.training.run import build_datamodule, train
+from tests.conftest import DATA_ROOT, compose_cfg
+
+FERPLUS = DATA_ROOT / "ferplus" / "data"
+EMOTIONS = list(RAW_CLASSES[:8])
+TINY_FERPLUS = ["experiment=ferplus_expression", "data.prepare.limit_per_split={train:48,val:16,test:16}",
+                "data.input_size=32", "data.batch_size=16", "callbacks.progress=null", "trainer.enable_model_summary=false"]
+
+
+def rows(split: str, names: list[str]) -> np.ndarray:
+    ids, _, votes, issues = parse_label_csv(FERPLUS / split / "label.csv", FERPLUS / split, 10, split)
+    assert not issues
+    return votes[[ids.index(n) for n in names]]
+
+
+def test_majority_rule_on_real_rows():
+    names = ["fer0032220.png", "fer0032222.png", "fer0032223.png", "fer0032224.png", "fer0032225.png", "fer0034757.png"]
+    labels, reasons = majority_labels(rows("FER2013Test", names), RAW_CLASSES, EMOTIONS)
+    # votes (neutral, happiness, surprise, sadness, anger, disgust, fear, contempt, unknown, NF):
+    # 0,0,0,0,2,1,0,7,0,0 -> the single disgust vote dropped: contempt 7 of 9 > 4.5
+    assert EMOTIONS[labels[0]] == "contempt"
+    # 3,0,0,5,0,0,0,0,2,0 -> sadness 5 of 10 is not more than half: no majority
+    assert labels[1] == -1 and reasons[1].startswith("no majority")
+    # 6,0,1,2,0,0,0,0,1,0 -> singles dropped: neutral 6 of 8
+    assert EMOTIONS[labels[2]] == "neutral"
+    # 0,0,4,0,1,2,3,0,0,0 -> surprise 4 of 9: no majority
+    assert labels[3] == -1
+    # 0,0,0,0,9,0,1,0,0,0 -> anger
+    assert EMOTIONS[labels[4]] == "anger"
+    # 2,0,1,0,0,0,0,0,6,1 -> unknown 6 of 8 wins, and unknown is not an emotion: excluded
+    assert labels[5] == -1 and "'unknown'" in reasons[5]
+    nf, nf_reasons = majority_labels(rows("FER2013Train", ["fer0010628.png"]), RAW_CLASSES, EMOTIONS)
+    assert nf[0] == -1 and "'NF'" in nf_reasons[0]
+    # the 10 raw classes as the class set keep unknown as a label of its own
+    raw, _ = majority_labels(rows("FER2013Test", ["fer0034757.png"]), RAW_CLASSES, RAW_CLASSES)
+    assert RAW_CLASSES[raw[0]] == "unknown"
+
+
+def test_ferplus_pipeline_skips_the_detector_and_records_exclusions(tmp_path):
+    cfg = compose_cfg("preprocess", ["data=ferplus_expression", "data.prepare.limit_per_split={train:20,val:8,test:8}"],
+                      tmp_path / "out", tmp_path / "cache")
+    state, results = preprocess(cfg)
+    assert [r.name for r in results] == ["raw_tensors", "full_frame_boxes", "adjusted_dataset"]
+    assert state["face_images"].shape == (36, 3, 48, 48) and state["status"] == ["ok"] * 36
+    assert state["splits"] == ["train"] * 20 + ["val"] * 8 + ["test"] * 8 and set(state["labels"]) <= set(EMOTIONS)
+    # the full frame is the box: the crop is the image itself, untouched
+    assert torch.equal(state["boxes"][0], torch.tensor([0.0, 0.0, 48.0, 48.0]))
+    assert torch.equal(state["face_images"][0], state["images"][0])
+    pixels = torch.stack(state["images"]).float().div(255)
+    assert torch.allclose(state["mean"], pixels.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(state["std"], pixels.transpose(0, 1).reshape(3, -1).std(1), atol=1e-4)
+    report = json.loads((tmp_path / "cache" / "faces" / "ferplus" / "source_report.json").read_text())
+    by_path = {row["path"]: row["reason"] for row in report["excluded_rows"]}
+    assert by_path["data/FER2013Test/fer0033120.png"] == "listed in data.prepare.exclude"  # the icon
+    assert by_path["data/FER2013Test/fer0032222.png"].startswith("no majority")
+    assert report["kept"] == 36 and report["kept_per_split"] == {"train": 20, "val": 8, "test": 8}
+
+
+def test_stage_order_is_checked_before_running():
+    with pytest.raises(ValueError, match="four_channel.*landmarks"):
+        build_stages({"stages": ["raw_tensors", "full_frame_boxes", "adjusted_dataset", "four_channel"]})
+    with pytest.raises(ValueError, match="mtcnn_boxes.*images"):
+        build_stages({"stages": ["mtcnn_boxes"]})
+
+
+@pytest.mark.slow
+def test_ferplus_expression_trains_on_folder_splits_and_evaluates(tmp_path, shared_cache):
+    cfg = compose_cfg("train", [*TINY_FERPLUS, "model=resnet18", "trainer.max_epochs=1", "trainer.limit_train_batches=2"],
+                      tmp_path / "run", shared_cache)
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    sizes = {s: len(dm.load_split(s)["labels"]) for s in ("train", "val", "test")}
+    assert sizes == {"train": 48, "val": 16, "test": 16}
+    item = dm.dataset("train")[0]
+    assert item["image"].shape == (3, 32, 32) and 0 <= int(item["target"]) < 8
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    report = json.loads((run / "test_report.json").read_text())
+    assert cfg.task.module.in_chans == 3 and cfg.task.module.num_classes == 8
+    assert report["n_samples"] == 16 and len(report["confusion_matrix"]) == 8
+    out = evaluate(compose_cfg("evaluate", [f"run_dir={run}"], tmp_path / "ev", shared_cache))
+    assert out["accuracy"] == pytest.approx(report["accuracy"])
