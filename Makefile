@@ -3,7 +3,7 @@ PY ?= .venv/bin/python
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test prepare preprocess train evaluate sweep sweep-ensemble bench bench-quick bench-overhead clean
+.PHONY: help setup test prepare preprocess train evaluate sweep sweep-ensemble bench bench-quick bench-best bench-overhead clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ bench: ## full-protocol landmark benchmark -> benchmarks/results/cxr_landmarks.j
 
 bench-quick: ## the benchmark script on a tiny subset, 1 epoch per phase (checks the script only)
 	$(PY) benchmarks/cxr_landmarks.py --quick --results benchmarks/runs/quick.json $(ARGS)
+
+bench-best: ## seed ensembles, flip TTA, heat-map vs direct head -> benchmarks/results/cxr_landmarks_best.json (GPU: ARGS=hardware=gpu)
+	$(PY) benchmarks/cxr_landmarks_best.py $(ARGS)
 
 bench-overhead: ## Lightning vs plain PyTorch loop, .pt cache vs PNG decoding -> benchmarks/results/framework_overhead.json
 	$(PY) benchmarks/framework_overhead.py $(ARGS)

@@ -37,6 +37,7 @@ def run_train(overrides: list[str], run_dir: Path) -> dict[str, Any]:
     train_seconds = sum(s["seconds"] for s in summary["stages"].values())
     return {
         "command": "python " + " ".join(cmd[1:]),
+        "pretrained": pretrained_source(run_dir),
         "report": json.loads((run_dir / "test_report.json").read_text()),
         "summary": summary,
         "epochs": epochs,
@@ -44,6 +45,14 @@ def run_train(overrides: list[str], run_dir: Path) -> dict[str, Any]:
         "train_seconds": train_seconds,
         "wall_seconds": wall,
     }
+
+
+def pretrained_source(run_dir: Path) -> str:
+    """Where the run's backbone weights came from (model.backbone.pretrained.source: none, hub, file, package)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(run_dir) / "config_resolved.yaml")
+    return str(OmegaConf.select(cfg, "model.backbone.pretrained.source", default="unknown"))
 
 
 def load_results(path: Path, empty: dict[str, Any]) -> dict[str, Any]:

@@ -58,7 +58,7 @@ def train_ferplus(args) -> None:
                     RUNS / f"ferplus-expression-{args.ferplus_model}")
     rep = run["report"]
     results["ferplus"] = {
-        "model": args.ferplus_model, "pretrained": run["summary"].get("pretrained", "see command"),
+        "model": args.ferplus_model, "pretrained": run["pretrained"],
         **{k: rep[k] for k in ("accuracy", "balanced_accuracy", "f1_macro", "f1_micro", "cohen_kappa", "n_samples") if k in rep},
         "epochs": run["epochs"], "seconds_per_epoch": run["seconds_per_epoch"], "train_seconds": run["train_seconds"],
         "command": run["command"], "note": args.note, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -38,6 +38,7 @@ def main() -> None:
         results["models"].setdefault(args.model, {})[loss] = {
             **{k: report[k] for k in ("kl", "tvd", "emd", "accuracy", "mse", "cross_entropy", "n_samples")},
             "epochs": run["epochs"], "seconds_per_epoch": run["seconds_per_epoch"], "command": run["command"],
+            "pretrained": run["pretrained"],
             "quick": args.quick,
         }
         results.update({

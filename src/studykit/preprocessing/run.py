@@ -78,7 +78,7 @@ def ferplus_source(root: Path, prepare: dict[str, Any]) -> Source:
         kept = 0
         for path, label, reason in zip(paths, labels, reasons):
             rel_path = path.relative_to(root).as_posix()
-            if not reason and any(rel_path.endswith(e) for e in exclude):
+            if not reason and any(rel_path == e or rel_path.endswith("/" + e) for e in exclude):
                 reason = "listed in data.prepare.exclude"
             if not reason and not path.is_file():
                 reason = "image file not found"
