@@ -13,6 +13,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "runs"
+# --quick for the landmark benchmarks: the cxr_smoke experiment's settings, applied on top of any configuration
+CXR_QUICK = ["data.prepare.image_size=96", "data.prepare.limit_per_split={train:16,val:8,test:8}", "data.input_size=64",
+             "data.batch_size=4", "trainer.max_epochs=1"]
 
 
 def machine() -> dict[str, Any]:

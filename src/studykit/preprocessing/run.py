@@ -10,8 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from studykit.data.ferplus import RAW_CLASSES, majority_labels, parse_label_csv, resolve_classes
-from studykit.data.paths import safe_join
+from studykit.data.ferplus import RAW_CLASSES, majority_labels, parse_label_csv, resolve_classes, split_folders
 from studykit.preprocessing.faces import STAGE_MAKES, STAGE_NEEDS, STAGES
 from studykit.preprocessing.pipeline import Stage, StageResult, run_pipeline
 from studykit.utils.io import atomic_write_json, protect, sha256_file
@@ -28,8 +27,6 @@ def jaffe_label(path: Path) -> tuple[str, str]:
 
 
 def list_images(root: Path, pattern: str, limit: int | None = None) -> list[Path]:
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist (set paths.data_root or STUDYKIT_DATA_ROOT)")
     files = sorted(p for p in root.glob(pattern) if p.is_file())
     if not files:
         raise FileNotFoundError(f"no images matching {pattern!r} in {root}")
@@ -66,13 +63,10 @@ def ferplus_source(root: Path, prepare: dict[str, Any]) -> Source:
     classes = resolve_classes(prepare.get("classes", "emotions8"), raw)
     exclude = {str(e) for e in prepare.get("exclude") or []}
     limits = dict(prepare.get("limit_per_split") or {})
+    label_file = prepare.get("label_file", "label.csv")
     src = Source([], [], [], [])
-    for split, rel in prepare["splits"].items():
-        folder = safe_join(root, rel, source="data.prepare.splits")
-        table = folder / prepare.get("label_file", "label.csv")
-        if not table.is_file():
-            raise FileNotFoundError(f"vote table for split {split!r} not found: {table}")
-        names, paths, votes, issues = parse_label_csv(table, folder, len(raw), split)
+    for split, folder in split_folders(root, prepare["splits"], label_file).items():
+        _, paths, votes, issues = parse_label_csv(folder / label_file, folder, len(raw), split)
         src.excluded += [{"path": i.file + (f":{i.line}" if i.line else ""), "split": split, "reason": i.reason} for i in issues]
         labels, reasons = majority_labels(votes, raw, classes)
         kept = 0
