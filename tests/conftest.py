@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -50,6 +51,17 @@ def compose_cfg(config_name: str, overrides: list[str], output_dir: Path, cache_
             cfg.paths.cache_dir = str(cache_dir)
         del cfg.hydra
     return cfg
+
+
+def train_and_evaluate(cfg: DictConfig, tmp_path: Path, cache_dir: Path) -> tuple[Path, dict, dict]:
+    """Train a composed config, then run evaluate.py on its run folder: (run folder, test report, evaluation)."""
+    from studykit.evaluation.runner import evaluate
+    from studykit.training.run import train
+
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    report = json.loads((run / "test_report.json").read_text())
+    return run, report, evaluate(compose_cfg("evaluate", [f"run_dir={run}"], tmp_path / "ev", cache_dir))
 
 
 @pytest.fixture(scope="session")

@@ -1,16 +1,12 @@
 """Expression classification on the face pipeline's 4-channel JAFFE tensors, subject-independent."""
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 
 from studykit.data.expression_datamodule import subject_folds
-from studykit.evaluation.runner import evaluate
 from studykit.models.backbones import create_backbone
-from studykit.training.run import build_datamodule, train
-from tests.conftest import compose_cfg
+from studykit.training.run import build_datamodule
+from tests.conftest import compose_cfg, train_and_evaluate
 
 TINY_JAFFE = ["experiment=jaffe_expression", "data.prepare.limit=60", "data.n_folds=3",
               "data.prepare.pipeline.adjusted_dataset.size=96", "data.input_size=64", "callbacks.progress=null",
@@ -47,13 +43,10 @@ def test_jaffe_trains_subject_independent_and_evaluates(tmp_path, shared_cache):
     assert not (splits["train"] & splits["test"]) and not (splits["train"] & splits["val"]) and not (splits["val"] & splits["test"])
     item = dm.dataset("train")[0]
     assert item["image"].shape == (4, 64, 64) and 0 <= int(item["target"]) < 7
-    train(cfg)
-    run = Path(cfg.paths.output_dir)
-    report = json.loads((run / "test_report.json").read_text())
+    run, report, out = train_and_evaluate(cfg, tmp_path, shared_cache)
     assert cfg.task.module.in_chans == 4 and cfg.task.module.num_classes == 7
     assert report["primary_metric"]["name"] == "accuracy" and len(report["confusion_matrix"]) == 7
     assert report["n_samples"] == sum(r["support"] for r in report["per_class"].values())
-    out = evaluate(compose_cfg("evaluate", [f"run_dir={run}"], tmp_path / "ev", shared_cache))
     assert out["accuracy"] == pytest.approx(report["accuracy"])
     for name in ("confusion_matrix.png", "per_class.png", "test_report.md", "test_report.json"):
         assert (run / "evaluation" / name).stat().st_size > 200

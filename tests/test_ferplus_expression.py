@@ -2,17 +2,15 @@
 selectable stages (full-frame boxes, no detector), folder splits, and a short training run."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from studykit.data.ferplus import RAW_CLASSES, majority_labels, parse_label_csv
-from studykit.evaluation.runner import evaluate
 from studykit.preprocessing.run import build_stages, preprocess
-from studykit.training.run import build_datamodule, train
-from tests.conftest import DATA_ROOT, compose_cfg
+from studykit.training.run import build_datamodule
+from tests.conftest import DATA_ROOT, compose_cfg, train_and_evaluate
 
 FERPLUS = DATA_ROOT / "ferplus" / "data"
 EMOTIONS = list(RAW_CLASSES[:8])
@@ -86,10 +84,7 @@ def test_ferplus_expression_trains_on_folder_splits_and_evaluates(tmp_path, shar
     assert sizes == {"train": 48, "val": 16, "test": 16}
     item = dm.dataset("train")[0]
     assert item["image"].shape == (3, 32, 32) and 0 <= int(item["target"]) < 8
-    train(cfg)
-    run = Path(cfg.paths.output_dir)
-    report = json.loads((run / "test_report.json").read_text())
+    run, report, out = train_and_evaluate(cfg, tmp_path, shared_cache)
     assert cfg.task.module.in_chans == 3 and cfg.task.module.num_classes == 8
     assert report["n_samples"] == 16 and len(report["confusion_matrix"]) == 8
-    out = evaluate(compose_cfg("evaluate", [f"run_dir={run}"], tmp_path / "ev", shared_cache))
     assert out["accuracy"] == pytest.approx(report["accuracy"])
