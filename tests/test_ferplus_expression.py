@@ -88,3 +88,32 @@ def test_ferplus_expression_trains_on_folder_splits_and_evaluates(tmp_path, shar
     assert cfg.task.module.in_chans == 3 and cfg.task.module.num_classes == 8
     assert report["n_samples"] == 16 and len(report["confusion_matrix"]) == 8
     assert out["accuracy"] == pytest.approx(report["accuracy"])
+
+
+def test_ferplus_bad_rows_and_missing_files_are_recorded(tmp_path):
+    """A vote table with a short row and a row naming a missing image: both are listed with their reason,
+    the good rows go on; a split without a vote table, or an unknown lister, is an error naming it."""
+    root = tmp_path / "ferplus"
+    rows = (FERPLUS / "FER2013Test" / "label.csv").read_text().splitlines()[:6]  # 4 of these 6 have a majority
+    for split in ("FER2013Train", "FER2013Valid", "FER2013Test"):
+        folder = root / "data" / split
+        folder.mkdir(parents=True)
+        for row in rows:
+            name = row.split(",")[0]
+            if name != "fer0032225.png":  # the anger face's image is missing
+                (folder / name).write_bytes((FERPLUS / "FER2013Test" / name).read_bytes())
+        (folder / "label.csv").write_text("\n".join(rows + ['fer9999999.png,"(0, 0, 48, 48)",1,2']) + "\n")
+    cfg = compose_cfg("preprocess", ["data=ferplus_expression", f"data.root={root}"], tmp_path / "out", tmp_path / "cache")
+    state, _ = preprocess(cfg)
+    assert len(state["paths"]) == 3 * 3 and state["status"] == ["ok"] * 9  # 4 with a majority, less the missing one
+    report = json.loads((tmp_path / "cache" / "faces" / "ferplus" / "source_report.json").read_text())
+    reasons = {(row["split"], row["path"].rsplit("/", 1)[-1]): row["reason"] for row in report["excluded_rows"]}
+    assert reasons[("test", "fer0032225.png")] == "image file not found"
+    assert "expected 12 columns" in reasons[("val", "label.csv:7")]
+    (root / "data" / "FER2013Valid" / "label.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="FER2013Valid/label.csv"):
+        preprocess(cfg)
+    bad = compose_cfg("preprocess", ["data=ferplus_expression", f"data.root={root}", "data.prepare.labels_from=votes"],
+                      tmp_path / "out", tmp_path / "cache")
+    with pytest.raises(ValueError, match="labels_from='votes'"):
+        preprocess(bad)
