@@ -37,8 +37,20 @@ def fill_from_data(cfg: DictConfig, datamodule: L.LightningDataModule) -> None:
 
 
 def build_module(cfg: DictConfig) -> L.LightningModule:
+    """The task's LightningModule with its loss, laid out and compiled as `hardware` says."""
     loss = instantiate(cfg.loss, _convert_="all")
-    return instantiate(cfg.task.module, loss=loss)
+    module = instantiate(cfg.task.module, loss=loss)
+    apply_hardware(module, cfg.get("hardware") or {})
+    return module
+
+
+def apply_hardware(module: L.LightningModule, hardware: DictConfig | dict) -> None:
+    """hardware.channels_last: weights and batches in NHWC; hardware.compile: torch.compile the network in
+    place (its state_dict keys stay the same, so checkpoints load either way)."""
+    if hardware.get("channels_last", False):
+        module.use_channels_last(True)
+    if hardware.get("compile", False):
+        module.net.compile()
 
 
 STAGE_KEYS = ("epochs", "freeze_backbone", "optimizer")
@@ -232,5 +244,8 @@ def test_and_report(
     for name, content in module.test_files(datamodule).items():
         atomic_write_text(out_dir / name, content)
     primary = metrics["primary_metric"]["name"]
-    log.info("test %s %.4f on %d samples", primary, report[primary], report.get("n_images", report.get("n_samples", -1)))
+    median = f", median {report['median_px']:.2f} px" if "median_px" in report else ""
+    # printed, not only logged: the last lines a user sees at the end of a run
+    print(f"test {primary} {report[primary]:.4f}{median} on {report.get('n_images', report.get('n_samples', -1))} samples; "
+          f"report: {out_dir / 'test_report.md'}", flush=True)
     return report
