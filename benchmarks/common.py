@@ -13,6 +13,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "runs"
+# the data sets: $STUDYKIT_DATA_ROOT, else ../shared/data beside the checkout (as conf/paths/default.yaml)
+DATA_ROOT = os.environ.get("STUDYKIT_DATA_ROOT", str(ROOT.parent / "shared" / "data"))
 # --quick for the landmark benchmarks: the cxr_smoke experiment's settings, applied on top of any configuration
 CXR_QUICK = ["data.prepare.image_size=96", "data.prepare.limit_per_split={train:16,val:8,test:8}", "data.input_size=64",
              "data.batch_size=4", "trainer.max_epochs=1"]

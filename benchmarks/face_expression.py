@@ -13,14 +13,13 @@ ferplus_test_accuracy. Extra Hydra overrides after the options go to every train
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import ROOT, RUNS, load_results, machine, run_train, save_results
+from common import DATA_ROOT, ROOT, RUNS, load_results, machine, run_train, save_results
 from omegaconf import OmegaConf
 
 from studykit.preprocessing.run import preprocess_faces
@@ -71,7 +70,7 @@ def train_ferplus(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", default=os.environ.get("STUDYKIT_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
+    parser.add_argument("--data-root", default=DATA_ROOT)
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/face_bench_cache"))
     parser.add_argument("--note", default="")
     parser.add_argument("--train-folds", default="", help="e.g. 0,1,2,3,4: train and test JAFFE subject-independently on these test folds")

@@ -22,7 +22,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from common import ROOT, machine
+from common import DATA_ROOT, ROOT, machine
 
 from studykit.data.cxr_landmarks import prepare_cxr_landmarks, read_grey
 from studykit.data.landmark_datamodule import LandmarkDataset
@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--load-images", type=int, default=300)
-    parser.add_argument("--data-root", default=os.environ.get("STUDYKIT_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
+    parser.add_argument("--data-root", default=DATA_ROOT)
     parser.add_argument("--note", default="", help="conditions of the measurement, recorded with the results")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "framework_overhead.json")
     args = parser.parse_args()

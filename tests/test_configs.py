@@ -131,3 +131,24 @@ def test_make_help_lists_every_target():
     out = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
     listed = {line.split()[0] for line in out.splitlines() if line.strip()}
     assert set(targets) <= listed, set(targets) - listed
+
+
+def test_seed_protocol_and_main_job_recipes(tmp_path):
+    seed = OmegaConf.to_container(compose_cfg("train", ["experiment=cxr_seed_protocol"], tmp_path), resolve=True)
+    stages = seed["phase"]["stages"]
+    assert list(stages) == ["head_only", "finetune"]
+    assert stages["head_only"]["epochs"] == 15 and stages["head_only"]["freeze_backbone"]
+    assert stages["finetune"]["epochs"] == 55 and stages["finetune"]["scheduler"]["name"] == "cosine"
+    assert (stages["finetune"]["optimizer"]["lr"], stages["finetune"]["optimizer"]["backbone_lr"]) == (2e-4, 2e-5)
+    assert seed["model"]["backbone"]["name"] == "tf_efficientnet_lite0" and seed["model"]["head"]["dropout"] == [0.5, 0.25, 0.125]
+    assert {k: v["weight"] for k, v in seed["loss"]["terms"].items()} == {"wing": 1.0, "symmetry": 0.3, "distance": 0.2}
+    assert seed["data"]["batch_size"] == 8
+
+    main = OmegaConf.to_container(compose_cfg("train", ["experiment=cxr_complete"], tmp_path), resolve=True)
+    assert list(main["phase"]["stages"]) == ["finetune"]
+    assert main["phase"]["stages"]["finetune"]["scheduler"]["name"] == "warmup_cosine"
+    assert main["hardware"]["channels_last"] and main["data"]["batch_size"] == 16
+    assert main["model"]["backbone"]["pretrained"]["source"] == "package"
+    # the heat-map head replaces the MLP head whole (no MLP keys left over)
+    heat = OmegaConf.to_container(compose_cfg("train", ["experiment=cxr_complete", "model/head=heatmap"], tmp_path), resolve=True)
+    assert heat["model"]["head"]["type"] == "heatmap" and "dropout" not in heat["model"]["head"]

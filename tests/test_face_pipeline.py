@@ -13,6 +13,7 @@ from PIL import Image
 from studykit.preprocessing import faces
 from studykit.preprocessing.faces import (
     crop_box,
+    dlib_detect,
     dlib_points,
     landmark_heatmap,
     map_points,
@@ -72,7 +73,8 @@ def test_dlib_points_match_human_annotations(detector):
         inside = [b for b in boxes if b[0] <= centre[0] <= b[2] and b[1] <= centre[1] <= b[3]]
         assert inside, f"{path.name}: no MTCNN box around the annotated face"
         grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-        points = dlib_points(predictor, grey, predictor_box(grey, inside[0], hog))
+        box, _ = predictor_box(inside[0], dlib_detect(hog, grey, 1), "refine", "mtcnn")
+        points = dlib_points(predictor, grey, box)
         interocular = np.linalg.norm(truth[36] - truth[45])
         errors.append(np.linalg.norm(points - truth, axis=1).mean() / interocular)
         assert errors[-1] < 0.12, f"{path.name}: normalized mean error {errors[-1]:.3f}"

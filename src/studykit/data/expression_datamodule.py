@@ -20,6 +20,13 @@ from studykit.data.base import IMAGENET_MEAN, IMAGENET_STD, CachedDataModule
 from studykit.data.cache import CacheStatus
 
 
+def face_id(state: dict[str, Any], row: int) -> str:
+    """The file name, with '#k' for the k-th face (k > 0) of a photo when every face is kept."""
+    name = state["paths"][row].rsplit("/", 1)[-1]
+    k = int(state["face_index"][row]) if "face_index" in state else 0
+    return f"{name}#{k}" if k > 0 else name
+
+
 def subject_folds(subjects: Sequence[str], n_folds: int) -> dict[str, int]:
     unique = sorted(set(subjects))
     if n_folds < 2 or n_folds > len(unique):
@@ -121,7 +128,7 @@ class ExpressionDataModule(CachedDataModule):
             self.splits[name] = {
                 "images": images[idx],
                 "labels": torch.tensor([self.classes.index(labels[i]) for i in idx], dtype=torch.long),
-                "image_id": [st["paths"][kept[i]].rsplit("/", 1)[-1] for i in idx],
+                "image_id": [face_id(st, kept[i]) for i in idx],
                 "subjects": sorted({subjects[i] for i in idx} - {""}),
             }
         return self.splits[split]

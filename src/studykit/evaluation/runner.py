@@ -85,7 +85,10 @@ class LoadedRun:
     def predict(self, tta: bool) -> torch.Tensor:
         perm = lm.flip_perm_for(self.datamodule.num_landmarks, self.datamodule.flip_pairs)
         width = self.test_set.images.shape[-1]
-        return lm.predict(self.module, self.datamodule._loader(self.test_set, shuffle=False), tta=tta, perm=perm, width=width)
+        # the precision the run was trained and tested with, so evaluation reproduces its numbers
+        bf16 = str(OmegaConf.select(self.cfg, "hardware.precision", default="32-true")).startswith("bf16")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return lm.predict(self.module, self.datamodule._loader(self.test_set, shuffle=False), tta=tta, perm=perm, width=width)
 
 
 def predictions_csv(pred_px: torch.Tensor, image_ids, categories) -> str:

@@ -74,30 +74,91 @@ def raw_tensors(state: dict[str, Any], params: dict[str, Any], folder: Path) -> 
 
 
 # ---- 2. MTCNN face boxes --------------------------------------------------------------------------------
+FACE_SELECTION = ("most_confident", "largest", "most_central", "prob_area", "all")
+# what every row of the state carries; `select: all` repeats them once per face found
+ROW_KEYS = ("paths", "labels", "subjects", "splits", "images", "status", "reason")
+
+
+def select_faces(boxes: np.ndarray, probs: np.ndarray, width: int, height: int, policy: str) -> list[int]:
+    """Indices of the faces to keep among a photo's detections. One face per photo: the most confident,
+    the largest, the one whose centre is nearest the photo's centre, or the largest probability x area;
+    `all`: every face, most confident first."""
+    if policy not in FACE_SELECTION:
+        raise ValueError(f"mtcnn_boxes.select must be one of {FACE_SELECTION}, got {policy!r}")
+    if policy == "all":
+        return [int(i) for i in np.argsort(-probs, kind="stable")]
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    if policy == "most_confident":
+        score = probs
+    elif policy == "largest":
+        score = area
+    elif policy == "prob_area":
+        score = probs * area
+    else:
+        centre = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2 - width / 2, (boxes[:, 1] + boxes[:, 3]) / 2 - height / 2], 1)
+        score = -np.hypot(centre[:, 0], centre[:, 1])
+    return [int(np.argmax(score))]
+
+
+def downscaled(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray, float]:
+    """The image shrunk so its long side is at most `max_side` (detectors on large photos cost seconds per
+    megapixel), and the factor that maps its coordinates back to the original."""
+    h, w = image.shape[:2]
+    if not max_side or max(h, w) <= int(max_side):
+        return image, 1.0
+    scale = int(max_side) / max(h, w)
+    return cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA), 1.0 / scale
+
+
+def mtcnn_detect(detector, image: np.ndarray, max_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """All MTCNN faces of an RGB image: boxes (N, 4) x1, y1, x2, y2 in its pixels, probabilities (N,)."""
+    small, back = downscaled(image, max_side)
+    found, p = detector.detect(Image.fromarray(small))
+    if found is None or len(found) == 0:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+    # numpy 2 returns object arrays: make them float
+    return np.asarray(found, dtype=np.float32).reshape(-1, 4) * back, np.asarray(p, dtype=np.float32).reshape(-1)
+
+
 def mtcnn_boxes(state: dict[str, Any], params: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """MTCNN faces above `min_probability`, one per photo chosen by `select`, or every one (`select: all`:
+    one row per face, with `face_index` and `source_row` naming the photo's row before this stage)."""
     from facenet_pytorch import MTCNN
 
     detector = MTCNN(keep_all=True, min_face_size=int(params.get("min_face_size", 20)),
                      thresholds=list(params.get("thresholds", (0.6, 0.7, 0.7))), device="cpu")
-    status, reason = list(state["status"]), list(state["reason"])
-    st = {"status": status, "reason": reason, "paths": state["paths"]}
-    n = len(state["paths"])
-    boxes = torch.full((n, 4), float("nan"))
-    probs = torch.full((n,), float("nan"))
-    for i in tqdm(ok_indices(st), desc="mtcnn boxes", leave=False):
-        image = Image.fromarray(state["images"][i].permute(1, 2, 0).numpy())
-        found, p = detector.detect(image)
-        if found is None or len(found) == 0:
-            fail(st, i, "no_face", "MTCNN found no face")
+    policy = str(params.get("select", "most_confident"))
+    if policy not in FACE_SELECTION:  # checked before the first photo, not at the first face found
+        raise ValueError(f"mtcnn_boxes.select must be one of {FACE_SELECTION}, got {policy!r}")
+    min_prob = float(params.get("min_probability", 0.9))
+    rows: list[tuple[int, int, np.ndarray | None, float, str, str]] = []  # source row, face index, box, prob, status, reason
+    for i in tqdm(range(len(state["paths"])), desc="mtcnn boxes", leave=False):
+        if state["status"][i] != OK:
+            rows.append((i, -1, None, float("nan"), state["status"][i], state["reason"][i]))
             continue
-        # numpy 2 returns object arrays: make them float before choosing the most confident face
-        found, p = np.asarray(found, dtype=np.float32).reshape(-1, 4), np.asarray(p, dtype=np.float32).reshape(-1)
-        if float(p.max()) < float(params.get("min_probability", 0.9)):
-            fail(st, i, "no_face", f"best MTCNN face probability {float(p.max()):.2f} below {params.get('min_probability', 0.9)}")
+        image = state["images"][i].permute(1, 2, 0).numpy()
+        found, p = mtcnn_detect(detector, image, params.get("max_side"))
+        keep = p >= min_prob
+        if not keep.any():
+            reason = "MTCNN found no face" if len(p) == 0 else f"best MTCNN face probability {float(p.max()):.2f} below {min_prob}"
+            log.warning("%s: %s", state["paths"][i], reason)
+            rows.append((i, -1, None, float("nan"), "no_face", reason))
             continue
-        best = int(p.argmax())
-        boxes[i], probs[i] = torch.from_numpy(found[best]), float(p[best])
-    return {"boxes": boxes, "box_prob": probs, "status": status, "reason": reason}
+        found, p = found[keep], p[keep]
+        for k, j in enumerate(select_faces(found, p, image.shape[1], image.shape[0], policy)):
+            rows.append((i, k, found[j], float(p[j]), OK, ""))
+    source = [r[0] for r in rows]
+    out: dict[str, Any] = {key: [state[key][i] for i in source] for key in ROW_KEYS if key in state and key not in ("status", "reason")}
+    out.update({
+        "status": [r[4] for r in rows], "reason": [r[5] for r in rows],
+        "orig_size": state["orig_size"][source] if len(source) else state["orig_size"][:0],
+        "boxes": torch.tensor(np.stack([r[2] if r[2] is not None else np.full(4, np.nan, np.float32) for r in rows]))
+        if rows else torch.zeros(0, 4),
+        "box_prob": torch.tensor([r[3] for r in rows], dtype=torch.float32),
+        "face_index": torch.tensor([r[1] for r in rows], dtype=torch.long),
+        "source_row": torch.tensor(source, dtype=torch.long),
+    })
+    return out
 
 
 def full_frame_boxes(state: dict[str, Any], params: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -123,12 +184,18 @@ def clahe_unsharp(image: np.ndarray, clip_limit: float, tile_grid: int, amount: 
 
 
 def enhanced_tensors(state: dict[str, Any], params: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """`enhanced` beside the untouched `images`: the classifier is fed the enhanced faces, while dlib's
+    predictor, trained on ordinary photos, is more accurate on the originals (BENCHMARKS.md, face_landmarks)."""
     enhanced = list(state["images"])
+    done: dict[int, torch.Tensor] = {}  # rows of one photo (select: all) share its enhanced image
     for i in tqdm(ok_indices(state), desc="enhance", leave=False):
-        img = state["images"][i].permute(1, 2, 0).numpy()
-        out = clahe_unsharp(img, params.get("clip_limit", 2.0), params.get("tile_grid", 8), params.get("amount", 1.0), params.get("radius", 2.0))
-        enhanced[i] = torch.from_numpy(out).permute(2, 0, 1).contiguous()
-    return {"images": enhanced}
+        key = id(state["images"][i])
+        if key not in done:
+            img = state["images"][i].permute(1, 2, 0).numpy()
+            out = clahe_unsharp(img, params.get("clip_limit", 2.0), params.get("tile_grid", 8), params.get("amount", 1.0), params.get("radius", 2.0))
+            done[key] = torch.from_numpy(out).permute(2, 0, 1).contiguous()
+        enhanced[i] = done[key]
+    return {"enhanced": enhanced}
 
 
 # ---- 4. dlib landmarks --------------------------------------------------------------------------------------
@@ -162,44 +229,102 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def predictor_box(grey: np.ndarray, box: np.ndarray, detector=None, upsample: int = 1) -> np.ndarray:
-    """The box to start dlib's shape predictor from. The predictor was trained on dlib's own (HOG) face
-    boxes, which sit lower and squarer than MTCNN's; so dlib's detector runs on the image and the face
-    that overlaps the MTCNN box best (IoU > 0.3) is used, else the MTCNN box itself. (Detecting on a crop
-    around the box is not used: HOG detections change with the crop's alignment.)"""
-    if detector is None:
-        return box
-    found = [np.array([d.left(), d.top(), d.right(), d.bottom()], dtype=np.float32) for d in detector(grey, upsample)]
-    best = max(found, key=lambda d: iou(d, box), default=None)
-    return best if best is not None and iou(best, box) > 0.3 else box
+BOX_SOURCES = ("refine", "mapped", "mtcnn")
+FALLBACKS = ("mapped", "mtcnn")
+
+
+def map_box(box: np.ndarray, mapping: dict[str, float]) -> np.ndarray:
+    """An MTCNN box -> the box dlib's predictor expects: centre shifted by (dx * width, dy * height), size
+    scaled by (sw, sh) - the transform fitted by `fit_box_mapping`."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    w, h = x2 - x1, y2 - y1
+    cx, cy = (x1 + x2) / 2 + float(mapping["dx"]) * w, (y1 + y2) / 2 + float(mapping["dy"]) * h
+    half_w, half_h = float(mapping["sw"]) * w / 2, float(mapping["sh"]) * h / 2
+    return np.array([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dtype=np.float32)
+
+
+def fit_box_mapping(mtcnn: np.ndarray, dlib_boxes: np.ndarray) -> dict[str, float]:
+    """The median shift and scale that take MTCNN boxes (N, 4) to the dlib boxes (N, 4) of the same faces;
+    medians, so a few bad pairs do not move it."""
+    mtcnn, dlib_boxes = np.asarray(mtcnn, np.float64).reshape(-1, 4), np.asarray(dlib_boxes, np.float64).reshape(-1, 4)
+    if len(mtcnn) == 0:
+        raise ValueError("fit_box_mapping needs at least one pair of boxes")
+    mw, mh = mtcnn[:, 2] - mtcnn[:, 0], mtcnn[:, 3] - mtcnn[:, 1]
+    dw, dh = dlib_boxes[:, 2] - dlib_boxes[:, 0], dlib_boxes[:, 3] - dlib_boxes[:, 1]
+    dx = ((dlib_boxes[:, 0] + dlib_boxes[:, 2]) - (mtcnn[:, 0] + mtcnn[:, 2])) / 2 / mw
+    dy = ((dlib_boxes[:, 1] + dlib_boxes[:, 3]) - (mtcnn[:, 1] + mtcnn[:, 3])) / 2 / mh
+    return {"dx": float(np.median(dx)), "dy": float(np.median(dy)), "sw": float(np.median(dw / mw)), "sh": float(np.median(dh / mh))}
+
+
+def dlib_detect(detector, grey: np.ndarray, upsample: int = 1, max_side: int | None = None) -> list[np.ndarray]:
+    """dlib's HOG faces of a grey image as x1, y1, x2, y2 boxes in its pixels."""
+    small, back = downscaled(grey, max_side)
+    return [np.array([d.left(), d.top(), d.right(), d.bottom()], dtype=np.float32) * back for d in detector(small, int(upsample))]
+
+
+def predictor_box(box: np.ndarray, detections: list[np.ndarray] | None = None, source: str = "refine",
+                  fallback: str = "mapped", mapping: dict[str, float] | None = None) -> tuple[np.ndarray, str]:
+    """The box to start dlib's shape predictor from, and where it came from. The predictor was trained on
+    dlib's own (HOG) face boxes, which sit lower and squarer than MTCNN's. `refine`: dlib's detection that
+    overlaps the MTCNN box best (IoU > 0.3), else the fallback; `mapped`: the MTCNN box through the fitted
+    mapping; `mtcnn`: the MTCNN box itself. (Detecting on a crop around the box is not used: HOG detections
+    change with the crop's alignment.)"""
+    if source not in BOX_SOURCES or fallback not in FALLBACKS:
+        raise ValueError(f"landmarks.box must be one of {BOX_SOURCES} and landmarks.fallback one of {FALLBACKS}, "
+                         f"got {source!r} / {fallback!r}")
+    if source == "refine":
+        best = max(detections or [], key=lambda d: iou(d, box), default=None)
+        if best is not None and iou(best, box) > 0.3:
+            return best, "dlib"
+        source = fallback
+    if source == "mapped":
+        if not mapping:
+            raise ValueError("landmarks.box_mapping (dx, dy, sw, sh) is needed for the mapped box")
+        return map_box(box, mapping), "mapped"
+    return np.asarray(box, dtype=np.float32), "mtcnn"
 
 
 def landmarks(state: dict[str, Any], params: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """dlib's 68 points per face, on the original image (`image: raw`) or the enhanced one (`image: enhanced`),
+    started from the box `box` / `fallback` choose (predictor_box); `box_source` records which was used."""
     import dlib
 
     predictor = dlib.shape_predictor(str(predictor_path(params.get("predictor_path"))))
-    detector = dlib.get_frontal_face_detector() if params.get("refine_box", True) else None
+    source, fallback = str(params.get("box", "refine")), str(params.get("fallback", "mapped"))
+    detector = dlib.get_frontal_face_detector() if source == "refine" else None
+    image_key = {"raw": "images", "enhanced": "enhanced"}.get(str(params.get("image", "raw")))
+    if image_key is None or image_key not in state:
+        raise ValueError(f"landmarks.image must be raw or enhanced (enhanced needs the enhanced_tensors stage first), "
+                         f"got {params.get('image')!r}")
     n = len(state["paths"])
     points = torch.full((n, 68, 2), float("nan"))
+    used = [""] * n
+    greys: dict[int, tuple[np.ndarray, list[np.ndarray] | None]] = {}  # one conversion and detection per photo
     for i in tqdm(ok_indices(state), desc="dlib landmarks", leave=False):
-        grey = cv2.cvtColor(state["images"][i].permute(1, 2, 0).numpy(), cv2.COLOR_RGB2GRAY)
-        box = predictor_box(grey, state["boxes"][i].numpy(), detector, int(params.get("refine_upsample", 1)))
+        key = id(state[image_key][i])
+        if key not in greys:
+            grey = cv2.cvtColor(state[image_key][i].permute(1, 2, 0).numpy(), cv2.COLOR_RGB2GRAY)
+            found = dlib_detect(detector, grey, params.get("refine_upsample", 1), params.get("max_side")) if detector else None
+            greys[key] = (grey, found)
+        grey, found = greys[key]
+        box, used[i] = predictor_box(state["boxes"][i].numpy(), found, source, fallback, params.get("box_mapping"))
         points[i] = torch.from_numpy(dlib_points(predictor, grey, box))
     write_results_csv(folder / "results.csv", {**state, "landmarks": points})
-    return {"landmarks": points}
+    return {"landmarks": points, "box_source": used}
 
 
 def write_results_csv(path: Path, state: dict[str, Any]) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["path", "width", "height", "box_x1", "box_y1", "box_x2", "box_y2", "box_prob"]
+    writer.writerow(["path", "face_index", "width", "height", "box_x1", "box_y1", "box_x2", "box_y2", "box_prob"]
                     + [f"{a}{k}" for k in range(1, 69) for a in ("x", "y")] + ["status", "reason"])
     for i, image_path in enumerate(state["paths"]):
         h, w = state["orig_size"][i].tolist()
         box = state["boxes"][i].tolist() if "boxes" in state else [float("nan")] * 4
         pts = state["landmarks"][i].reshape(-1).tolist() if "landmarks" in state else [float("nan")] * 136
         fmt = lambda v: "" if v != v else f"{v:.2f}"  # noqa: E731  (NaN -> empty cell)
-        writer.writerow([image_path, w, h, *map(fmt, box), fmt(float(state.get("box_prob", torch.tensor([float("nan")] * len(state["paths"])))[i]))]
+        face = int(state["face_index"][i]) if "face_index" in state else 0
+        writer.writerow([image_path, face, w, h, *map(fmt, box), fmt(float(state.get("box_prob", torch.tensor([float("nan")] * len(state["paths"])))[i]))]
                         + [fmt(v) for v in pts] + [state["status"][i], state["reason"][i]])
     atomic_write_text(path, buf.getvalue())
 
@@ -226,11 +351,17 @@ def map_points(points: np.ndarray, crop: tuple[int, int, int, int], size: int) -
 
 
 def crop_resize(state: dict[str, Any], params: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Crop each face (box + padding) and resize it; the enhanced image when the pipeline made one
+    (`image: enhanced`, the default), else the original."""
     size, padding = int(params.get("size", 512)), int(params.get("padding", 20))
+    choice = str(params.get("image", "enhanced"))
+    if choice not in ("enhanced", "raw"):
+        raise ValueError(f"adjusted_dataset.image must be enhanced or raw, got {choice!r}")
+    source = state["enhanced"] if choice == "enhanced" and "enhanced" in state else state["images"]
     keep = ok_indices(state)
     images, boxes, points, crops = [], [], [], []
     for i in tqdm(keep, desc="crop + resize", leave=False):
-        img = state["images"][i].permute(1, 2, 0).numpy()
+        img = source[i].permute(1, 2, 0).numpy()
         h, w = img.shape[:2]
         crop = crop_box(state["boxes"][i].numpy(), padding, w, h)
         x0, y0, x1, y1 = crop
@@ -298,6 +429,9 @@ STAGE_NEEDS = {
     "landmarks": ("images", "boxes"), "adjusted_dataset": ("images", "boxes"), "four_channel": ("face_images", "landmarks"),
 }
 STAGE_MAKES = {
-    "raw_tensors": {"images"}, "mtcnn_boxes": {"boxes"}, "full_frame_boxes": {"boxes"}, "enhanced_tensors": {"images"},
+    "raw_tensors": {"images"}, "mtcnn_boxes": {"boxes"}, "full_frame_boxes": {"boxes"}, "enhanced_tensors": {"enhanced"},
     "landmarks": {"landmarks"}, "adjusted_dataset": {"face_images"}, "four_channel": {"four_channel"},
 }
+
+# bumped when a stage's code changes what it writes, so caches made by the old code are rebuilt
+STAGE_VERSIONS = {"mtcnn_boxes": 2, "enhanced_tensors": 2, "landmarks": 2}

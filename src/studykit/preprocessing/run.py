@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from studykit.data.ferplus import RAW_CLASSES, majority_labels, parse_label_csv, resolve_classes, split_folders
-from studykit.preprocessing.faces import STAGE_MAKES, STAGE_NEEDS, STAGES
+from studykit.preprocessing.faces import STAGE_MAKES, STAGE_NEEDS, STAGE_VERSIONS, STAGES
 from studykit.preprocessing.pipeline import Stage, StageResult, run_pipeline
 from studykit.utils.io import atomic_write_json, protect, sha256_file
 
@@ -113,7 +113,7 @@ def build_stages(pipeline: dict[str, Any]) -> list[Stage]:
             raise ValueError(f"preprocessing stage {name!r} needs {missing}, which no earlier stage in "
                              f"data.prepare.pipeline.stages={list(pipeline['stages'])} makes")
         made |= STAGE_MAKES.get(name, set())
-        stages.append(Stage(name, STAGES[name], dict(pipeline.get(name) or {})))
+        stages.append(Stage(name, STAGES[name], dict(pipeline.get(name) or {}), version=STAGE_VERSIONS.get(name, 1)))
     return stages
 
 
