@@ -15,13 +15,16 @@ import numpy as np  # noqa: E402
 GREEN, RED = (0, 200, 0), (0, 0, 255)  # BGR
 
 
-def overlay(image: np.ndarray, target: np.ndarray, pred: np.ndarray, scale: int = 2) -> np.ndarray:
-    """Grey image (H, W) with ground truth (green) and prediction (red) points, joined by thin lines."""
+def overlay(image: np.ndarray, target: np.ndarray | None, pred: np.ndarray, scale: float = 2) -> np.ndarray:
+    """Grey image (H, W) with ground truth (green; none for unlabelled images) and prediction (red) points,
+    joined by thin lines."""
     canvas = cv2.cvtColor(cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR), cv2.COLOR_GRAY2BGR)
-    for k, (t, p) in enumerate(zip(target * scale, pred * scale)):
-        t, p = tuple(int(round(v)) for v in t), tuple(int(round(v)) for v in p)
-        cv2.line(canvas, t, p, (0, 200, 255), 1, cv2.LINE_AA)
-        cv2.circle(canvas, t, 4, GREEN, -1, cv2.LINE_AA)
+    for k, p in enumerate(pred * scale):
+        p = tuple(int(round(v)) for v in p)
+        if target is not None:
+            t = tuple(int(round(v)) for v in target[k] * scale)
+            cv2.line(canvas, t, p, (0, 200, 255), 1, cv2.LINE_AA)
+            cv2.circle(canvas, t, 4, GREEN, -1, cv2.LINE_AA)
         cv2.circle(canvas, p, 4, RED, -1, cv2.LINE_AA)
         cv2.putText(canvas, str(k + 1), (p[0] + 5, p[1] - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4, RED, 1, cv2.LINE_AA)
     return canvas

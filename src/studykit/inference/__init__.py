@@ -1,0 +1,1 @@
+"""Using trained runs: prediction on new images and export."""

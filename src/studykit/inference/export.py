@@ -1,0 +1,75 @@
+"""`export.py`: a trained run's network as an ONNX file, with the preprocessing constants beside it.
+
+    <run>/export/model.onnx             input "image" (N, C, S, S) float32, normalized; output "output"
+    <run>/export/preprocessing.json     what a user without the training stack needs to feed it
+
+The batch dimension is dynamic. Opset 17: supported by onnxruntime's CPU provider.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from studykit.evaluation.runner import run_config
+from studykit.utils.io import atomic_write_json
+
+OPSET = 17
+OUTPUTS = {
+    "landmarks": "(N, K, 2) landmark coordinates (x, y) in [0, 1] of the input; multiply by each original image's "
+                 "width and height for pixels",
+    "classification": "(N, C) logits over `classes`; softmax for probabilities",
+    "distribution": "(N, C) logits over `classes`; softmax for the predicted distribution",
+}
+
+
+def preprocessing_constants(cfg: DictConfig, task: str, in_chans: int) -> dict[str, Any]:
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    out: dict[str, Any] = {
+        "task": task, "input_size": int(data["input_size"]), "in_chans": in_chans,
+        "mean": list(data["mean"]), "std": list(data["std"]), "output": OUTPUTS[task],
+        "input_layout": "NCHW float32: pixel / 255, then (x - mean) / std per channel"
+                        + ("; channel 4 is the landmark heat map / 255, not normalized" if in_chans == 4 else ""),
+    }
+    if task == "landmarks":
+        k = int(data["prepare"]["num_landmarks"])
+        out.update({"landmark_names": [f"L{i}" for i in range(1, k + 1)], "flip_pairs": data["flip_pairs"],
+                    "grey_image_size": int(data["prepare"]["image_size"]), "clahe": data["prepare"].get("clahe"),
+                    "resize": "grey image -> grey_image_size (cv2 INTER_AREA) -> input_size (bilinear), replicated to 3 channels"})
+    else:
+        out["classes"] = list(cfg.task.module.classes)
+        if task == "classification":
+            out["face_pipeline"] = data["prepare"].get("pipeline")
+        else:
+            out["grey_image_size"] = int(data["prepare"]["image_size"])
+    return out
+
+
+def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, opset: int = OPSET) -> dict[str, Any]:
+    """Write model.onnx and preprocessing.json for the run's best checkpoint; returns the constants."""
+    from studykit.inference.predict import load_torch_net, task_of
+
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir)
+    task = task_of(cfg)
+    module = load_torch_net(run_dir, cfg)
+    module.use_channels_last(False)  # the graph's layout is onnxruntime's business
+    net = module.net.eval()
+    in_chans = int(OmegaConf.select(cfg, "task.module.in_chans", default=3) or 3)
+    size = int(cfg.data.input_size)
+    out = Path(out_dir) if out_dir else run_dir / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    example = torch.zeros(2, in_chans, size, size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.onnx.export(net, (example,), dynamo=True, input_names=["image"], output_names=["output"],
+                                dynamic_shapes={"x": {0: batch}}, opset_version=opset, verbose=False)
+    tmp = out / "model.onnx.tmp"
+    program.save(str(tmp))
+    tmp.replace(out / "model.onnx")  # atomic: a killed export leaves no half-written model.onnx
+    constants = preprocessing_constants(cfg, task, in_chans)
+    constants.update({"opset": opset, "run_dir": str(run_dir), "onnx": "model.onnx"})
+    atomic_write_json(out / "preprocessing.json", constants)
+    return constants
