@@ -3,7 +3,7 @@ PY ?= .venv/bin/python
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test prepare preprocess train evaluate sweep sweep-ensemble bench bench-quick bench-best bench-overhead clean
+.PHONY: help setup test prepare preprocess train evaluate predict export sweep sweep-ensemble bench bench-quick bench-best bench-overhead bench-speed bench-inference bench-face-landmarks clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -24,17 +24,23 @@ prepare: ## build the cached tensors of a data set (ARGS="data=cxr_landmarks")
 preprocess: ## run the cached face pipeline (MTCNN, CLAHE, dlib, crop, 4-channel) on JAFFE
 	$(PY) preprocess.py data=jaffe $(ARGS)
 
-train: ## the main job: two-phase X-ray landmark training, EfficientNet-Lite0 (ImageNet), complete loss
-	$(PY) train.py experiment=cxr_complete model=efficientnet_lite0 $(ARGS)
+train: ## the main job: X-ray landmarks, EfficientNet-Lite0 (ImageNet), complete loss, warm-up + cosine, channels_last
+	$(PY) train.py experiment=cxr_complete $(ARGS)
 
 evaluate: ## test a finished run (ARGS="run_dir=outputs/<run>/<time>")
 	$(PY) evaluate.py $(ARGS)
+
+predict: ## a trained run on new images (ARGS="run_dir=outputs/<run>/<time> input=<image or folder>")
+	$(PY) predict.py $(ARGS)
+
+export: ## a trained run as ONNX + preprocessing.json (ARGS="run_dir=outputs/<run>/<time>")
+	$(PY) export.py $(ARGS)
 
 sweep: ## a model x loss grid as a Hydra multirun (ARGS to add overrides)
 	$(PY) train.py -m experiment=cxr_complete model=resnet18,efficientnet_lite0 loss=mse,complete $(ARGS)
 
 sweep-ensemble: ## train 5 seeds, then evaluate them as an ensemble with flip TTA
-	$(PY) train.py -m experiment=cxr_complete model=efficientnet_lite0 seed=1,2,3,4,5 hydra.sweep.dir=multirun/ensemble $(ARGS)
+	$(PY) train.py -m experiment=cxr_complete seed=1,2,3,4,5 hydra.sweep.dir=multirun/ensemble $(ARGS)
 	$(PY) evaluate.py ensemble=multirun/ensemble tta=true visualize=true
 
 bench: ## full-protocol landmark benchmark -> benchmarks/results/cxr_landmarks.json (hours on CPU)
@@ -48,6 +54,15 @@ bench-best: ## seed ensembles, flip TTA, heat-map vs direct head -> benchmarks/r
 
 bench-overhead: ## Lightning vs plain PyTorch loop, .pt cache vs PNG decoding -> benchmarks/results/framework_overhead.json
 	$(PY) benchmarks/framework_overhead.py $(ARGS)
+
+bench-speed: ## train/inference images/s per backbone: fp32/bf16 x NCHW/channels_last, torch.compile -> benchmarks/results/cpu_speed.json
+	$(PY) benchmarks/cpu_speed.py $(ARGS)
+
+bench-inference: ## CXR and FER+ models: torch NCHW / channels_last / bf16 vs onnxruntime -> benchmarks/results/inference.json
+	$(PY) benchmarks/inference.py $(ARGS)
+
+bench-face-landmarks: ## the 68-point stage on AFW's human annotations (NME, failures, face choice) -> benchmarks/results/face_landmarks.json
+	$(PY) benchmarks/face_landmarks.py $(ARGS)
 
 clean: ## remove caches, outputs and multirun folders
 	rm -rf .cache outputs multirun benchmarks/runs

@@ -3,7 +3,7 @@
     <run>/export/model.onnx             input "image" (N, C, S, S) float32, normalized; output "output"
     <run>/export/preprocessing.json     what a user without the training stack needs to feed it
 
-The batch dimension is dynamic. Opset 17: supported by onnxruntime's CPU provider.
+The batch dimension is dynamic. Opset 18 (the lowest torch's exporter implements): supported by onnxruntime's CPU provider.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from studykit.evaluation.runner import run_config
 from studykit.utils.io import atomic_write_json
 
-OPSET = 17
+OPSET = 18
 OUTPUTS = {
     "landmarks": "(N, K, 2) landmark coordinates (x, y) in [0, 1] of the input; multiply by each original image's "
                  "width and height for pixels",
@@ -48,6 +48,18 @@ def preprocessing_constants(cfg: DictConfig, task: str, in_chans: int) -> dict[s
     return out
 
 
+def export_net(net: torch.nn.Module, in_chans: int, size: int, path: Path, opset: int = OPSET) -> Path:
+    """`net` (input x: N x in_chans x size x size) as an ONNX file with a dynamic batch dimension."""
+    example = torch.zeros(2, in_chans, size, size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.onnx.export(net.eval(), (example,), dynamo=True, input_names=["image"], output_names=["output"],
+                                dynamic_shapes={"x": {0: batch}}, opset_version=opset, verbose=False)
+    tmp = Path(path).with_suffix(".onnx.tmp")
+    program.save(str(tmp))
+    tmp.replace(path)  # atomic: a killed export leaves no half-written model
+    return Path(path)
+
+
 def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, opset: int = OPSET) -> dict[str, Any]:
     """Write model.onnx and preprocessing.json for the run's best checkpoint; returns the constants."""
     from studykit.inference.predict import load_torch_net, task_of
@@ -62,13 +74,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, opset: i
     size = int(cfg.data.input_size)
     out = Path(out_dir) if out_dir else run_dir / "export"
     out.mkdir(parents=True, exist_ok=True)
-    example = torch.zeros(2, in_chans, size, size)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.onnx.export(net, (example,), dynamo=True, input_names=["image"], output_names=["output"],
-                                dynamic_shapes={"x": {0: batch}}, opset_version=opset, verbose=False)
-    tmp = out / "model.onnx.tmp"
-    program.save(str(tmp))
-    tmp.replace(out / "model.onnx")  # atomic: a killed export leaves no half-written model.onnx
+    export_net(net, in_chans, size, out / "model.onnx", opset)
     constants = preprocessing_constants(cfg, task, in_chans)
     constants.update({"opset": opset, "run_dir": str(run_dir), "onnx": "model.onnx"})
     atomic_write_json(out / "preprocessing.json", constants)
