@@ -40,10 +40,13 @@ def test_cpu_hardware_lays_weights_and_batches_out_channels_last(make_cfg):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
-def test_channels_last_run_reloads_and_predicts_the_same(make_cfg, precision):
+def test_channels_last_run_reloads_and_predicts_the_same(make_cfg, precision, capsys):
     cfg = make_cfg([*FAST, f"hardware.precision={precision}"])
     summary = train(cfg)
     run = Path(cfg.paths.output_dir)
+    # the run ends by printing its test mean / median px and where its report is
+    printed = capsys.readouterr().out
+    assert "test mean_px" in printed and "median" in printed and str(run / "test_report.md") in printed
     report = json.loads((run / "test_report.json").read_text())
     assert math.isfinite(summary["stages"]["finetune"]["best_score"]) and math.isfinite(report["mean_px"])
     ids, trained = read_predictions(run / "test_predictions.csv")

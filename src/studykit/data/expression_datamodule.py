@@ -27,6 +27,32 @@ def face_id(state: dict[str, Any], row: int) -> str:
     return f"{name}#{k}" if k > 0 else name
 
 
+SPLIT_BY = ("subject", "folder", "stratified")
+
+
+def stratified_split(groups: Sequence[str], labels: Sequence[str], val_fraction: float, test_fraction: float,
+                     seed: int) -> dict[str, str]:
+    """group (photo) -> train / val / test: per class, the groups shuffled with `seed`, the first
+    round(n * test_fraction) to test, the next round(n * val_fraction) to val (at least one each when the
+    class has 3 or more groups), the rest to train."""
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(f"val_fraction + test_fraction must be below 1, got {val_fraction} + {test_fraction}")
+    label_of: dict[str, str] = {}
+    for group, label in zip(groups, labels):
+        label_of.setdefault(group, label)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for label in sorted(set(label_of.values())):
+        members = sorted(g for g, lab in label_of.items() if lab == label)
+        rng.shuffle(members)
+        n = len(members)
+        n_test = max(int(round(n * test_fraction)), 1 if n >= 3 and test_fraction > 0 else 0)
+        n_val = max(int(round(n * val_fraction)), 1 if n >= 3 and val_fraction > 0 else 0)
+        for k, group in enumerate(members):
+            out[group] = "test" if k < n_test else "val" if k < n_test + n_val else "train"
+    return out
+
+
 def subject_folds(subjects: Sequence[str], n_folds: int) -> dict[str, int]:
     unique = sorted(set(subjects))
     if n_folds < 2 or n_folds > len(unique):
@@ -68,15 +94,17 @@ class FourChannelDataset(Dataset):
 class ExpressionDataModule(CachedDataModule):
     """`pipeline` is the face pipeline's config (conf/data/jaffe.yaml); `classes` the label names."""
 
-    def __init__(self, name: str, root: str, cache_dir: str, prepare: dict[str, Any], classes: Sequence[str],
+    def __init__(self, name: str, root: str, cache_dir: str, prepare: dict[str, Any], classes: Sequence[str] | None,
                  n_folds: int = 5, test_fold: int = 0, val_fold: int = 1, input_size: int = 224, batch_size: int = 16,
                  num_workers: int = 0, augment: dict[str, Any] | None = None, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, seed: int = 0, split_by: str = "subject"):
+                 std: Sequence[float] = IMAGENET_STD, seed: int = 0, split_by: str = "subject",
+                 val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0):
         super().__init__(name, root, cache_dir, prepare, batch_size, num_workers, mean, std, seed)
-        self.classes = list(classes)
+        self.classes = list(classes) if classes else []  # empty: the labels found, sorted (class folders)
         self.n_folds, self.test_fold, self.val_fold = n_folds, test_fold, val_fold
-        if split_by not in ("subject", "folder"):
-            raise ValueError(f"data.split_by must be 'subject' or 'folder', got {split_by!r}")
+        self.val_fraction, self.test_fraction, self.split_seed = float(val_fraction), float(test_fraction), int(split_seed)
+        if split_by not in SPLIT_BY:
+            raise ValueError(f"data.split_by must be one of {SPLIT_BY}, got {split_by!r}")
         self.split_by = split_by
         if split_by == "subject" and test_fold == val_fold:
             raise ValueError("test_fold and val_fold must differ")
@@ -96,6 +124,8 @@ class ExpressionDataModule(CachedDataModule):
         from studykit.preprocessing.run import preprocess_faces
 
         self.state, results = preprocess_faces(self.root, self.cache_dir, self.prepare_cfg)
+        if not self.classes:
+            self.classes = sorted(set(self.state["labels"]) - {""})
         last = results[-1]
         return CacheStatus(last.folder, all(r.hit for r in results), "face pipeline")
 
@@ -118,6 +148,11 @@ class ExpressionDataModule(CachedDataModule):
             empty = [name for name, mask in want.items() if not mask.any()]
             if empty:
                 raise ValueError(f"{self.name}: no images in split(s) {empty}; data.prepare.splits must name train, val and test")
+        elif self.split_by == "stratified":
+            photos = [st["paths"][i] for i in kept]  # every face of a photo goes to one split
+            split_of = stratified_split(photos, labels, self.val_fraction, self.test_fraction, self.split_seed)
+            tags = np.array([split_of[p] for p in photos])
+            want = {name: tags == name for name in ("train", "val", "test")}
         else:
             fold_of = subject_folds(subjects, self.n_folds)
             fold = np.array([fold_of[s] for s in subjects])

@@ -88,7 +88,45 @@ def ferplus_source(root: Path, prepare: dict[str, Any]) -> Source:
     return src
 
 
-SOURCES = {None: glob_source, "none": glob_source, "jaffe_filename": jaffe_source, "ferplus_majority": ferplus_source}
+def folder_source(root: Path, prepare: dict[str, Any]) -> Source:
+    """One subfolder per class (its name is the label), any image format PIL reads (files it cannot read
+    are recorded by the raw_tensors stage). `subject_regex`: its first group, searched in each file name,
+    is the subject id for subject-independent folds. Empty class folders, duplicate file names and names
+    the regex does not match are recorded in source_report.json, not fatal."""
+    import re
+
+    classes = list(prepare.get("classes") or sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
+    if not classes:
+        raise FileNotFoundError(f"{root}: no class subfolders (one folder per class is expected)")
+    regex = re.compile(prepare["subject_regex"]) if prepare.get("subject_regex") else None
+    src, seen = Source([], [], [], []), {}
+    for label in classes:
+        folder = root / label
+        files = sorted(p for p in folder.glob(prepare.get("pattern") or "*") if p.is_file() and not p.name.startswith(".")) \
+            if folder.is_dir() else []
+        if not files:
+            src.excluded.append({"path": label + "/", "split": "", "reason": "empty class folder" if folder.is_dir() else "class folder missing"})
+            continue
+        for path in files[: prepare.get("limit")]:
+            rel = path.relative_to(root).as_posix()
+            if path.name in seen:  # image ids are file names: a second file of that name would be ambiguous
+                src.excluded.append({"path": rel, "split": "", "reason": f"duplicate file name (also {seen[path.name]})"})
+                continue
+            subject = ""
+            if regex is not None:
+                found = regex.search(path.name)
+                if found is None:
+                    src.excluded.append({"path": rel, "split": "", "reason": f"file name does not match subject_regex {regex.pattern!r}"})
+                    continue
+                subject = found.group(1) if found.groups() else found.group(0)
+            seen[path.name] = rel
+            src.paths.append(path), src.labels.append(label), src.subjects.append(subject), src.splits.append("")
+    if not src.paths:
+        raise FileNotFoundError(f"{root}: no images in the class folders {classes}")
+    return src
+
+
+SOURCES = {None: glob_source, "none": glob_source, "jaffe_filename": jaffe_source, "ferplus_majority": ferplus_source, "folder": folder_source}
 
 
 def write_source_report(cache_dir: Path, source: Source) -> None:
