@@ -42,12 +42,6 @@ def ok_indices(state: dict[str, Any]) -> list[int]:
     return [i for i, s in enumerate(state["status"]) if s == OK]
 
 
-def fail(state: dict[str, Any], i: int, status: str, reason: str) -> None:
-    state["status"][i] = status
-    state["reason"][i] = reason
-    log.warning("%s: %s", state["paths"][i], reason)
-
-
 # ---- 1. raw tensors --------------------------------------------------------------------------------------
 def raw_tensors(state: dict[str, Any], params: dict[str, Any], folder: Path) -> dict[str, Any]:
     images, status, reason, sizes = [], [], [], []
