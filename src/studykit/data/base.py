@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 
 from studykit.data.cache import CacheStatus, read_manifest
 from studykit.utils.io import safe_torch_load
@@ -26,6 +26,16 @@ def grey_to_input(image: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> t
     return (tensor - mean) / std
 
 
+def balanced_sampler(labels: np.ndarray, seed: int) -> WeightedRandomSampler:
+    """Draws items with probability 1 / (count of their class): every class equally often per epoch in
+    expectation, the epoch as long as the data set (rare classes repeated, frequent ones subsampled)."""
+    labels = np.asarray(labels)
+    counts = np.bincount(labels)
+    weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
+    return WeightedRandomSampler(weights, num_samples=len(labels), replacement=True,
+                                 generator=torch.Generator().manual_seed(int(seed)))
+
+
 def _worker_init(worker_id: int) -> None:
     info = torch.utils.data.get_worker_info()
     info.dataset.reseed(info.seed % 2**32)
@@ -36,7 +46,8 @@ class CachedDataModule(L.LightningDataModule):
     `dataset(split, train)`; splits are loaded from `<cache folder>/<split>.pt` with weights_only=True."""
 
     def __init__(self, name: str, root: str, cache_dir: str, prepare: dict[str, Any], batch_size: int, num_workers: int,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, seed: int = 0):
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, seed: int = 0,
+                 balanced_sampling: bool = False):
         super().__init__()
         self.name = name
         self.root = root
@@ -46,6 +57,7 @@ class CachedDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.mean, self.std = tuple(mean), tuple(std)
         self.seed = seed
+        self.balanced_sampling = bool(balanced_sampling)
         self.cache_folder: Path | None = None
         self.splits: dict[str, dict[str, Any]] = {}
 
@@ -86,13 +98,14 @@ class CachedDataModule(L.LightningDataModule):
         if stage in (None, "test", "predict"):
             self.test_set = self.dataset("test")
 
-    def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0,
+    def _loader(self, data: Dataset, shuffle: bool, sampler: Sampler | None = None) -> DataLoader:
+        return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           worker_init_fn=_worker_init if self.num_workers > 0 else None)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        sampler = balanced_sampler(self.train_set.sample_labels(), self.seed) if self.balanced_sampling else None
+        return self._loader(self.train_set, shuffle=True, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)

@@ -28,27 +28,56 @@ def face_transforms(input_size: int, train: bool, augment: dict[str, Any], seed:
     return A.Compose(steps, seed=seed)
 
 
+TARGETS = ("distribution", "majority", "sample")
+
+
 class DistributionDataset(Dataset):
-    """Items: image (3, S, S) normalized float, target (C,) probability distribution, index."""
+    """Items: image (3, S, S) normalized float, target (C,) probability distribution, index.
+
+    `target` (training only; evaluation always gets the annotators' distribution) is the FER+ paper's
+    training scheme: `distribution` the vote distribution, `majority` a one-hot of the most voted class,
+    `sample` a one-hot of a class drawn from the votes afresh at every access (probabilistic label drawing).
+    With a KL or cross-entropy loss the three are the paper's three schemes on one network."""
 
     def __init__(self, tensors: dict[str, Any], input_size: int, train: bool, augment: dict[str, Any],
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, seed: int = 0):
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, seed: int = 0,
+                 target: str = "distribution"):
+        if target not in TARGETS:
+            raise ValueError(f"data.train_target must be one of {TARGETS}, got {target!r}")
         self.images = tensors["images"]
         self.distribution = tensors["distribution"]
         self.image_id = tensors["image_id"]
+        self.target = target if train else "distribution"
         self.transform = face_transforms(input_size, train, augment, seed)
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
+        self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         image = self.transform(image=self.images[idx].numpy())["image"]
-        return {"image": grey_to_input(image, self.mean, self.std), "target": self.distribution[idx], "index": idx}
+        return {"image": grey_to_input(image, self.mean, self.std), "target": self.training_target(idx), "index": idx}
+
+    def training_target(self, idx: int) -> torch.Tensor:
+        dist = self.distribution[idx]
+        if self.target == "distribution":
+            return dist
+        if self.target == "majority":
+            k = int(dist.argmax())
+        else:
+            p = dist.double().numpy()
+            k = int(self.rng.choice(dist.numel(), p=p / p.sum()))
+        return torch.nn.functional.one_hot(torch.tensor(k), dist.numel()).to(dist.dtype)
+
+    def sample_labels(self) -> np.ndarray:
+        """The class each item counts as for class-balanced sampling: its majority vote."""
+        return self.majority()
 
     def reseed(self, seed: int) -> None:
         self.transform.set_random_seed(seed)
+        self.rng = np.random.default_rng(seed)
 
     def majority(self) -> np.ndarray:
         return self.distribution.argmax(dim=1).numpy()
@@ -57,8 +86,12 @@ class DistributionDataset(Dataset):
 class DistributionDataModule(CachedDataModule):
     def __init__(self, name: str, root: str, cache_dir: str, prepare: dict[str, Any], input_size: int = 64,
                  batch_size: int = 64, num_workers: int = 0, augment: dict[str, Any] | None = None,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, seed: int = 0):
-        super().__init__(name, root, cache_dir, prepare, batch_size, num_workers, mean, std, seed)
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, seed: int = 0,
+                 train_target: str = "distribution", balanced_sampling: bool = False):
+        super().__init__(name, root, cache_dir, prepare, batch_size, num_workers, mean, std, seed, balanced_sampling)
+        if train_target not in TARGETS:
+            raise ValueError(f"data.train_target must be one of {TARGETS}, got {train_target!r}")
+        self.train_target = train_target
         self.input_size = input_size
         self.augment = dict(augment or {})
         self.classes: list[str] = []
@@ -78,4 +111,5 @@ class DistributionDataModule(CachedDataModule):
 
     def dataset(self, split: str, train: bool | None = None) -> DistributionDataset:
         train = (split == "train") if train is None else train
-        return DistributionDataset(self.load_split(split), self.input_size, train, self.augment, self.mean, self.std, self.seed)
+        return DistributionDataset(self.load_split(split), self.input_size, train, self.augment, self.mean, self.std, self.seed,
+                                   self.train_target)

@@ -90,6 +90,10 @@ class FourChannelDataset(Dataset):
     def reseed(self, seed: int) -> None:
         self.transform.set_random_seed(seed)
 
+    def sample_labels(self) -> np.ndarray:
+        """The class of each item, for class-balanced sampling."""
+        return self.labels.numpy()
+
 
 class ExpressionDataModule(CachedDataModule):
     """`pipeline` is the face pipeline's config (conf/data/jaffe.yaml); `classes` the label names."""
@@ -98,8 +102,8 @@ class ExpressionDataModule(CachedDataModule):
                  n_folds: int = 5, test_fold: int = 0, val_fold: int = 1, input_size: int = 224, batch_size: int = 16,
                  num_workers: int = 0, augment: dict[str, Any] | None = None, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, seed: int = 0, split_by: str = "subject",
-                 val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0):
-        super().__init__(name, root, cache_dir, prepare, batch_size, num_workers, mean, std, seed)
+                 val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0, balanced_sampling: bool = False):
+        super().__init__(name, root, cache_dir, prepare, batch_size, num_workers, mean, std, seed, balanced_sampling)
         self.classes = list(classes) if classes else []  # empty: the labels found, sorted (class folders)
         self.n_folds, self.test_fold, self.val_fold = n_folds, test_fold, val_fold
         self.val_fraction, self.test_fraction, self.split_seed = float(val_fraction), float(test_fraction), int(split_seed)
