@@ -63,12 +63,14 @@ def load_torch_net(run_dir: Path, cfg: DictConfig) -> torch.nn.Module:
     return module.eval()
 
 
-class OnnxNet:
-    """An exported network run by onnxruntime, called like the torch module on an NCHW float batch."""
+class OnnxNet(torch.nn.Module):
+    """An exported network run by onnxruntime, called like the torch module on an NCHW float batch (a
+    Module without parameters, so the torch prediction helpers take it as it is)."""
 
     def __init__(self, path: Path, threads: int | None = None):
         import onnxruntime as ort
 
+        super().__init__()
         if not Path(path).is_file():
             raise FileNotFoundError(f"ONNX model {path} not found: run `python export.py run_dir=...` first")
         options = ort.SessionOptions()
@@ -77,14 +79,8 @@ class OnnxNet:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.session.run(None, {self.input: x.contiguous().numpy().astype(np.float32)})[0])
-
-    def eval(self) -> "OnnxNet":
-        return self
-
-    def to(self, device) -> "OnnxNet":
-        return self
 
 
 def load_members(cfg: DictConfig) -> tuple[DictConfig, list[Net], list[Path]]:
