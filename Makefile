@@ -24,7 +24,7 @@ prepare: ## build the cached tensors of a data set (ARGS="data=cxr_landmarks")
 preprocess: ## run the cached face pipeline (MTCNN, CLAHE, dlib, crop, 4-channel) on JAFFE
 	$(PY) preprocess.py data=jaffe $(ARGS)
 
-train: ## the main job: X-ray landmarks, EfficientNet-Lite0 (ImageNet), complete loss, warm-up + cosine, channels_last
+train: ## the main job: X-ray landmarks, EfficientNet-Lite0 (ImageNet) + heat-map head, complete loss, warm-up + cosine
 	$(PY) train.py experiment=cxr_complete $(ARGS)
 
 evaluate: ## test a finished run (ARGS="run_dir=outputs/<run>/<time>")

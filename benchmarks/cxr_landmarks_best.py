@@ -30,8 +30,8 @@ from studykit.evaluation.stats import mean_std, paired_test
 
 RESULTS = ROOT / "benchmarks" / "results" / "cxr_landmarks_best.json"
 CONFIGS = {
-    "lite0-mlp": ["experiment=cxr_complete"],
-    "lite0-heatmap": ["experiment=cxr_complete", "model/head=heatmap"],
+    "lite0-heatmap": ["experiment=cxr_complete", "model/head=heatmap"],  # the main job's recipe
+    "lite0-mlp": ["experiment=cxr_complete", "model/head=mlp_light"],
 }
 
 

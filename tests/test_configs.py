@@ -150,6 +150,7 @@ def test_seed_protocol_and_main_job_recipes(tmp_path):
     assert main["phase"]["stages"]["finetune"]["scheduler"]["name"] == "warmup_cosine"
     assert main["hardware"]["channels_last"] and main["data"]["batch_size"] == 16
     assert main["model"]["backbone"]["pretrained"]["source"] == "package"
-    # the heat-map head replaces the MLP head whole (no MLP keys left over)
-    heat = OmegaConf.to_container(compose_cfg("train", ["experiment=cxr_complete", "model/head=heatmap"], tmp_path), resolve=True)
-    assert heat["model"]["head"]["type"] == "heatmap" and "dropout" not in heat["model"]["head"]
+    assert main["model"]["head"]["type"] == "heatmap"
+    # another head replaces the main job's whole (no heat-map keys left over)
+    mlp = OmegaConf.to_container(compose_cfg("train", ["experiment=cxr_complete", "model/head=mlp_light"], tmp_path), resolve=True)
+    assert mlp["model"]["head"]["type"] == "mlp" and mlp["model"]["head"]["dropout"] == [0.1, 0.0, 0.0] and "sigma" not in mlp["model"]["head"]
