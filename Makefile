@@ -43,7 +43,7 @@ sweep-ensemble: ## train 5 seeds, then evaluate them as an ensemble with flip TT
 	$(PY) train.py -m experiment=cxr_complete seed=1,2,3,4,5 hydra.sweep.dir=multirun/ensemble $(ARGS)
 	$(PY) evaluate.py ensemble=multirun/ensemble tta=true visualize=true
 
-bench: ## full-protocol landmark benchmark -> benchmarks/results/cxr_landmarks.json (hours on CPU)
+bench: ## landmark recipe search: seed protocol + main-job variants -> benchmarks/results/cxr_landmarks.json (hours on CPU; ARGS="--configs ...")
 	$(PY) benchmarks/cxr_landmarks.py $(ARGS)
 
 bench-quick: ## the benchmark script on a tiny subset, 1 epoch per phase (checks the script only)
