@@ -195,7 +195,7 @@ def face_rows(inputs: Path, prepare: dict[str, Any], cache_dir: Path) -> dict[st
     return state
 
 
-def predict_faces(cfg: DictConfig, run_cfg: DictConfig, nets: list[Net], files: list[Path], out: Path, cache_dir: Path) -> dict[str, Any]:
+def predict_faces(cfg: DictConfig, run_cfg: DictConfig, nets: list[Net], out: Path, cache_dir: Path) -> dict[str, Any]:
     from studykit.data.expression_datamodule import FourChannelDataset, face_id
 
     data = OmegaConf.to_container(run_cfg.data, resolve=True)
@@ -269,7 +269,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         result = predict_landmarks(cfg, run_cfg, nets, files, out)
     elif task == "classification":
         cache = Path(cfg.paths.cache_dir) / "predict" / str(run_cfg.data.name)
-        result = predict_faces(cfg, run_cfg, nets, files, out, cache)
+        result = predict_faces(cfg, run_cfg, nets, out, cache)
     else:
         result = predict_distribution(cfg, run_cfg, nets, files, out)
     summary = {k: v for k, v in result.items() if k != "predictions"}
