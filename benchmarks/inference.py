@@ -30,11 +30,10 @@ from omegaconf import open_dict
 from common import DATA_ROOT, ROOT, machine, save_results
 
 import studykit.config  # noqa: F401  (resolvers)
-from studykit.evaluation.runner import best_checkpoint, run_config
+from studykit.evaluation.runner import load_trained_module, run_config
 from studykit.inference.export import export_net
 from studykit.inference.predict import OnnxNet
 from studykit.training.run import build_module
-from studykit.utils.io import safe_torch_load
 
 RESULTS = ROOT / "benchmarks" / "results" / "inference.json"
 MODELS = {
@@ -65,9 +64,7 @@ def load(name: str, run_dir: Path | None):
     cfg = run_config(run_dir) if run_dir else composed(overrides, filled)
     with open_dict(cfg):
         cfg.hardware.channels_last = False
-    module = build_module(cfg).eval()
-    if run_dir:
-        module.load_state_dict(safe_torch_load(best_checkpoint(run_dir, cfg))["state_dict"])
+    module = load_trained_module(run_dir, cfg) if run_dir else build_module(cfg).eval()
     in_chans = int(cfg.task.module.get("in_chans", 3) or 3)
     return module.net, in_chans, int(cfg.data.input_size), ("run " + str(run_dir)) if run_dir else "experiment config"
 

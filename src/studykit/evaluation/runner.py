@@ -44,6 +44,16 @@ def best_checkpoint(run_dir: Path, cfg: DictConfig) -> Path:
     return path
 
 
+def load_trained_module(run_dir: Path, cfg: DictConfig, checkpoint: Path | None = None):
+    """The run's LightningModule (laid out as its hardware config says) with the weights of `checkpoint`,
+    by default its last phase's best.ckpt; in eval mode."""
+    from studykit.training.run import build_module
+
+    module = build_module(cfg)
+    module.load_state_dict(safe_torch_load(checkpoint or best_checkpoint(run_dir, cfg))["state_dict"])
+    return module.eval()
+
+
 def sweep_members(folder: Path) -> list[Path]:
     """Finished members of a multirun folder (those with a test report and no failure)."""
     folder = Path(folder)
@@ -69,7 +79,7 @@ def configuration_key(run_dir: Path) -> str:
 # ---- building blocks ------------------------------------------------------------------------------------
 class LoadedRun:
     def __init__(self, run_dir: Path, checkpoint: Path | None = None, overrides: list[str] | None = None):
-        from studykit.training.run import build_datamodule, build_module
+        from studykit.training.run import build_datamodule
 
         self.run_dir = Path(run_dir)
         self.cfg = run_config(self.run_dir)
@@ -78,8 +88,7 @@ class LoadedRun:
         self.checkpoint = Path(checkpoint) if checkpoint else best_checkpoint(self.run_dir, self.cfg)
         self.datamodule = build_datamodule(self.cfg)
         self.datamodule.prepare_data()
-        self.module = build_module(self.cfg)
-        self.module.load_state_dict(safe_torch_load(self.checkpoint)["state_dict"])
+        self.module = load_trained_module(self.run_dir, self.cfg, self.checkpoint)
         self.test_set = self.datamodule.dataset("test")
 
     def predict(self, tta: bool) -> torch.Tensor:

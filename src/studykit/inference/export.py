@@ -62,12 +62,13 @@ def export_net(net: torch.nn.Module, in_chans: int, size: int, path: Path, opset
 
 def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, opset: int = OPSET) -> dict[str, Any]:
     """Write model.onnx and preprocessing.json for the run's best checkpoint; returns the constants."""
-    from studykit.inference.predict import load_torch_net, task_of
+    from studykit.evaluation.runner import load_trained_module
+    from studykit.inference.predict import task_of
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
     task = task_of(cfg)
-    module = load_torch_net(run_dir, cfg)
+    module = load_trained_module(run_dir, cfg)
     module.use_channels_last(False)  # the graph's layout is onnxruntime's business
     net = module.net.eval()
     in_chans = int(OmegaConf.select(cfg, "task.module.in_chans", default=3) or 3)

@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader
 
 from studykit.data.cxr_landmarks import enhance_clahe, read_grey
 from studykit.evaluation import landmarks as lm
-from studykit.evaluation.runner import best_checkpoint, run_config, sweep_members
-from studykit.utils.io import atomic_write_json, atomic_write_text, csv_text, safe_torch_load
+from studykit.evaluation.runner import load_trained_module, run_config, sweep_members
+from studykit.utils.io import atomic_write_json, atomic_write_text, csv_text
 
 log = logging.getLogger(__name__)
 OK = "ok"
@@ -55,14 +55,6 @@ def task_of(cfg: DictConfig) -> str:
     raise ValueError(f"predict.py does not know the task of {cfg.task.module._target_}")
 
 
-def load_torch_net(run_dir: Path, cfg: DictConfig) -> torch.nn.Module:
-    from studykit.training.run import build_module
-
-    module = build_module(cfg)
-    module.load_state_dict(safe_torch_load(best_checkpoint(run_dir, cfg))["state_dict"])
-    return module.eval()
-
-
 class OnnxNet(torch.nn.Module):
     """An exported network run by onnxruntime, called like the torch module on an NCHW float batch (a
     Module without parameters, so the torch prediction helpers take it as it is)."""
@@ -91,7 +83,7 @@ def load_members(cfg: DictConfig) -> tuple[DictConfig, list[Net], list[Path]]:
     configs = [run_config(r) for r in runs]
     engine = str(cfg.get("engine", "torch"))
     if engine == "torch":
-        nets: list[Net] = [load_torch_net(r, c) for r, c in zip(runs, configs)]
+        nets: list[Net] = [load_trained_module(r, c) for r, c in zip(runs, configs)]
     elif engine == "onnx":
         if cfg.get("onnx_path") and len(runs) > 1:
             raise ValueError("onnx_path names one model; an ensemble reads each member's export/model.onnx")
