@@ -38,7 +38,7 @@ from studykit.training.run import build_module
 RESULTS = ROOT / "benchmarks" / "results" / "inference.json"
 MODELS = {
     # name: (overrides, classes filled in as train.py fills them from the data)
-    "cxr_main": (["experiment=cxr_complete"], {}),
+    "cxr_main": (["experiment=cxr_complete"], {"num_landmarks": 15, "categories": ["COVID", "Normal", "Viral_Pneumonia"]}),
     "ferplus_expression": (["experiment=ferplus_expression", "model=resnet18"],
                            {"num_classes": 8, "in_chans": 3,
                             "classes": ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"]}),

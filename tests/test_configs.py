@@ -9,6 +9,8 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from studykit.config import PairingError, check_pairing, loss_tasks
+from studykit.training.run import build_datamodule, build_module, train
 from tests.conftest import CONF, ROOT, compose_cfg
 
 GROUPS = ["data", "task", "model", "loss", "phase", "hardware", "logger", "callbacks", "trainer", "paths", "experiment", "hparams_search"]
@@ -18,12 +20,10 @@ def choices(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-# a data set and the task that reads it go together
+# a data config brings its task and loss; a task chosen alone needs a data set that serves it
 COMPANIONS = {
-    "data=ferplus_distribution": ["task=distribution", "loss=kl"], "task=distribution": ["data=ferplus_distribution", "loss=kl"],
-    "data=jaffe": ["task=classification", "loss=ce"], "task=classification": ["data=jaffe", "loss=ce"],
-    "data=ferplus_expression": ["task=classification", "loss=ce"],
-    "data=image_folder": ["task=classification", "loss=ce", "data.root=/any/folder/jaffe_db"],
+    "task=distribution": ["data=ferplus_distribution"], "task=classification": ["data=jaffe"],
+    "data=image_folder": ["data.root=/any/folder/jaffe_db"],
 }
 
 
@@ -31,6 +31,8 @@ COMPANIONS = {
 def test_every_choice_composes(group, choice, tmp_path):
     override = f"{group}={choice}"
     cfg = compose_cfg("train", [override, *COMPANIONS.get(override, [])], tmp_path)
+    if group != "loss":
+        check_pairing(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert resolved["seed"] == 42 and resolved["phase"]["stages"]
     assert resolved["data"]["root"].endswith(("cxr_landmarks", "ferplus", "jaffe_db"))
@@ -65,8 +67,80 @@ def test_every_distribution_loss_takes_logits(loss, tmp_path):
 
 def test_kl_on_a_landmark_task_is_a_clear_error(tmp_path):
     cfg = compose_cfg("train", ["loss=kl"], tmp_path)
+    with pytest.raises(PairingError, match=r"loss=kl is a loss for \['distribution'\], not for task=landmarks"):
+        check_pairing(cfg)
     with pytest.raises(Exception, match="needs logits"):
         instantiate(cfg.loss, _convert_="all")
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["loss=complete", "data=jaffe"], r"loss=complete is a loss for \['landmarks'\], not for task=classification"),
+    (["data=jaffe", "task=landmarks"], r"data=jaffe does not serve task=landmarks"),
+    (["data=cxr_landmarks", "task=distribution"], r"data=cxr_landmarks does not serve task=distribution"),
+    (["experiment=ferplus_distribution", "loss=wing"], r"loss=wing is a loss for \['landmarks'\], not for task=distribution"),
+])
+def test_invalid_pairings_fail_at_compose_time_naming_both(overrides, message, tmp_path):
+    cfg = compose_cfg("train", overrides, tmp_path)
+    with pytest.raises(PairingError, match=message):
+        check_pairing(cfg)
+    with pytest.raises(PairingError):  # train() checks before it builds or resolves anything
+        train(cfg)
+
+
+def test_a_data_set_alone_brings_its_task_and_loss(tmp_path):
+    for data, task, loss in (("cxr_landmarks", "landmarks", "CombinedLoss"), ("jaffe", "classification", "CrossEntropyLoss"),
+                             ("ferplus_expression", "classification", "CrossEntropyLoss"),
+                             ("ferplus_distribution", "distribution", "KLDivergenceLoss")):
+        cfg = compose_cfg("train", [f"data={data}"], tmp_path)
+        assert cfg.task.name == task and cfg.loss._target_.endswith(loss)
+        # the command line still chooses another loss for the same task
+    assert compose_cfg("train", ["data=ferplus_distribution", "loss=mse"], tmp_path).loss._target_.endswith("MSELoss")
+
+
+def valid_losses(data: str) -> list[str]:
+    task = {"cxr_landmarks": "landmarks", "ferplus_distribution": "distribution"}.get(data, "classification")
+    return [loss for loss in choices("loss") if task in (loss_tasks(OmegaConf.load(CONF / "loss" / f"{loss}.yaml"))
+                                                          if loss not in ("complete", "kl_l1") else
+                                                          {"complete": {"landmarks"}, "kl_l1": {"distribution"}}[loss])]
+
+
+COMBINATIONS = [(d, m, loss) for d in choices("data") for m in choices("model") for loss in valid_losses(d)]
+
+
+def filled(cfg, datamodule) -> None:
+    """What train.py fills from the prepared data, taken from the data config instead (nothing is prepared)."""
+    module = cfg.task.module
+    classes = list(cfg.data.get("classes") or ["a", "b", "c"])
+    stages = OmegaConf.select(cfg, "data.prepare.pipeline.stages", default=[]) or []
+    values = {"num_classes": len(classes), "classes": classes, "in_chans": 4 if "four_channel" in stages else 3,
+              "num_landmarks": datamodule.num_landmarks if hasattr(datamodule, "num_landmarks") else 0,
+              "categories": list(OmegaConf.select(cfg, "data.prepare.categories", default=[]) or [])}
+    for key, value in values.items():
+        if key in module.keys() and OmegaConf.is_missing(module, key):
+            module[key] = value
+
+
+@pytest.mark.parametrize("data,model,loss", COMBINATIONS)
+def test_every_valid_combination_instantiates(data, model, loss, tmp_path):
+    """data x model x loss x phase: the data module, the loss and the LightningModule are built, and every
+    phase's stages give an optimizer over the right parameter groups."""
+    extra = ["data.root=/any/folder"] if data == "image_folder" else []
+    module = None
+    for phase in choices("phase"):
+        cfg = compose_cfg("train", [f"data={data}", f"model={model}", f"loss={loss}", f"phase={phase}", *extra], tmp_path)
+        check_pairing(cfg)
+        if module is None:
+            datamodule = build_datamodule(cfg)
+            filled(cfg, datamodule)
+            module = build_module(cfg)
+            assert module.loss_fn is not None and sum(p.numel() for p in module.parameters()) > 0
+        for stage in OmegaConf.to_container(cfg.phase.stages, resolve=True).values():
+            if stage.get("scheduler", {}).get("name") in ("warmup_cosine", "onecycle"):
+                stage["scheduler"]["total_steps"] = 10  # no trainer here to count the steps
+            module.set_stage(stage)
+            optimizers = module.configure_optimizers()
+            optimizer = optimizers["optimizer"] if isinstance(optimizers, dict) else optimizers
+            assert len(optimizer.param_groups) == (1 if stage["freeze_backbone"] else 2)
 
 
 def test_complete_loss_weights(tmp_path):

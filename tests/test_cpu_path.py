@@ -7,12 +7,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from studykit.evaluation.runner import LoadedRun, read_predictions
+from studykit.evaluation.runner import LoadedRun, read_landmark_predictions
 from studykit.models.base import warmup_cosine_factor
-from studykit.training.run import build_module, train
+from studykit.training.run import build_datamodule, build_module, train
 
 SHORT = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0"]
 FAST = ["model=resnet18", "phase=finetune", "phase.stages.finetune.epochs=1", *SHORT]
+
+
+def with_data(cfg):
+    """A config and its data module: the landmark task takes its number of points and categories from it."""
+    return cfg, build_datamodule(cfg)
 
 
 def conv_weights(module):
@@ -22,12 +27,12 @@ def conv_weights(module):
 def test_cpu_hardware_lays_weights_and_batches_out_channels_last(make_cfg):
     cfg = make_cfg(FAST)
     assert cfg.hardware.channels_last is True
-    module = build_module(cfg)
+    module = build_module(cfg, build_datamodule(cfg))
     weights = conv_weights(module)
     assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights if w.shape[-1] > 1)
     batch = module.on_after_batch_transfer({"image": torch.randn(2, 3, 8, 8), "index": torch.arange(2)}, 0)
     assert batch["image"].is_contiguous(memory_format=torch.channels_last)
-    nchw = build_module(make_cfg([*FAST, "hardware.channels_last=false"]))
+    nchw = build_module(*with_data(make_cfg([*FAST, "hardware.channels_last=false"])))
     assert not nchw.channels_last and conv_weights(nchw)[0].is_contiguous()
     # the layout changes speed, not values
     nchw.load_state_dict(module.state_dict())
@@ -49,7 +54,7 @@ def test_channels_last_run_reloads_and_predicts_the_same(make_cfg, precision, ca
     assert "test mean_px" in printed and "median" in printed and str(run / "test_report.md") in printed
     report = json.loads((run / "test_report.json").read_text())
     assert math.isfinite(summary["stages"]["finetune"]["best_score"]) and math.isfinite(report["mean_px"])
-    ids, trained = read_predictions(run / "test_predictions.csv")
+    ids, trained = read_landmark_predictions(run / "test_predictions.csv")
     assert trained.shape == (8, 15, 2) and torch.isfinite(trained).all()
     loaded = LoadedRun(run)
     assert loaded.module.channels_last
@@ -71,7 +76,7 @@ def test_warmup_cosine_factor_per_step():
 
 @pytest.mark.parametrize("kind", ["warmup_cosine", "onecycle"])
 def test_schedulers_step_both_parameter_groups(make_cfg, kind):
-    module = build_module(make_cfg(["model=resnet18"]))
+    module = build_module(*with_data(make_cfg(["model=resnet18"])))
     module.set_stage({"freeze_backbone": False, "epochs": 2, "optimizer": {"name": "adamw", "lr": 1e-3, "backbone_lr": 1e-4},
                       "scheduler": {"name": kind, "warmup": 0.25, "total_steps": 40}})
     conf = module.configure_optimizers()
@@ -90,7 +95,7 @@ def test_schedulers_step_both_parameter_groups(make_cfg, kind):
 
 
 def test_unknown_scheduler_is_named(make_cfg):
-    module = build_module(make_cfg(["model=resnet18"]))
+    module = build_module(*with_data(make_cfg(["model=resnet18"])))
     module.set_stage({"freeze_backbone": False, "optimizer": {"lr": 1e-3}, "scheduler": {"name": "linear"}})
     with pytest.raises(ValueError, match="'linear'"):
         module.configure_optimizers()
@@ -99,8 +104,8 @@ def test_unknown_scheduler_is_named(make_cfg):
 @pytest.mark.slow
 def test_compiled_network_matches_eager(make_cfg):
     cfg = make_cfg(["model=resnet18"])
-    eager = build_module(cfg).eval()
-    compiled = build_module(make_cfg(["model=resnet18", "hardware.compile=true"])).eval()
+    eager = build_module(cfg, build_datamodule(cfg)).eval()
+    compiled = build_module(*with_data(make_cfg(["model=resnet18", "hardware.compile=true"]))).eval()
     compiled.load_state_dict(eager.state_dict())  # compiling in place keeps the state_dict keys
     x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():

@@ -15,7 +15,7 @@ from studykit.evaluation.runner import (
     compare_runs,
     evaluate_ensemble,
     evaluate_single,
-    read_predictions,
+    read_landmark_predictions,
     summarize_sweep,
 )
 from studykit.evaluation.stats import mean_std, paired_test
@@ -108,7 +108,7 @@ def test_ensemble_with_tta_and_visual_report(sweep, tmp_path):
     # the ensemble's predictions are the mean of the members' TTA predictions
     members = [LoadedRun(p) for p in sorted(sweep.iterdir())]
     mean = torch.stack([m.predict(tta=True) for m in members]).mean(0)
-    ids, written = read_predictions(out / "test_predictions.csv")
+    ids, written = read_landmark_predictions(out / "test_predictions.csv")
     assert torch.allclose(written, mean, atol=2e-3)
     assert report["members_mean_std"]["mean_px"]["n"] == 3
     pngs = sorted((out / "images").glob("*.png"))

@@ -1,17 +1,21 @@
-"""`evaluate.py`: test a run, a seed ensemble, a whole sweep, or compare two runs.
+"""`evaluate.py`: test a run, a seed ensemble, a whole sweep, or compare two runs - for every task.
 
     python evaluate.py run_dir=outputs/<run>/<time> [tta=true] [visualize=true]
     python evaluate.py ensemble=multirun/<time> [tta=true] [visualize=true]
     python evaluate.py sweep=multirun/<time>                 # mean +- std over seeds per configuration
-    python evaluate.py compare=[<run or sweep member A>,<B>]  # paired per-image test
+    python evaluate.py compare=[<run or sweep member A>,<B>]  # paired per-sample test
+
+The modes are generic; what differs per task (prediction, metrics, files) comes from its registered Task
+(`studykit.tasks`), found from the run's config.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import io
+import json
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -19,29 +23,21 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from studykit.evaluation import landmarks as lm
-from studykit.evaluation.plots import summary_plots, write_overlays
+from studykit.evaluation.files import (  # noqa: F401  (re-exported: the run-folder helpers)
+    best_checkpoint,
+    configuration_key,
+    landmark_predictions_csv,
+    per_sample_csv,
+    read_landmark_predictions,
+    read_per_sample,
+    run_config,
+    sweep_members,
+)
 from studykit.evaluation.stats import mean_std, paired_test
-from studykit.metrics.landmark import report_markdown
-from studykit.utils.io import atomic_write_json, atomic_write_text, csv_text, safe_torch_load
+from studykit.tasks import Task, task_of
+from studykit.utils.io import atomic_write_json, atomic_write_text, safe_torch_load
 
 log = logging.getLogger(__name__)
-
-
-# ---- runs on disk -------------------------------------------------------------------------------------
-def run_config(run_dir: Path) -> DictConfig:
-    resolved = Path(run_dir) / "config_resolved.yaml"
-    if not resolved.is_file():
-        raise FileNotFoundError(f"{resolved} not found: {run_dir} is not a train.py output folder")
-    return OmegaConf.load(resolved)
-
-
-def best_checkpoint(run_dir: Path, cfg: DictConfig) -> Path:
-    stages = list(OmegaConf.to_container(cfg.phase.stages))
-    path = Path(run_dir) / "checkpoints" / stages[-1] / "best.ckpt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the run's last phase ({stages[-1]}) saved no best checkpoint")
-    return path
 
 
 def load_trained_module(run_dir: Path, cfg: DictConfig, checkpoint: Path | None = None):
@@ -54,30 +50,9 @@ def load_trained_module(run_dir: Path, cfg: DictConfig, checkpoint: Path | None 
     return module.eval()
 
 
-def sweep_members(folder: Path) -> list[Path]:
-    """Finished members of a multirun folder (those with a test report and no failure)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder")
-    members = sorted(p.parent for p in folder.glob("*/config_resolved.yaml")
-                     if not (p.parent / "failure.json").exists() and (p.parent / "checkpoints").is_dir())
-    if not members:
-        raise FileNotFoundError(f"{folder} holds no finished train.py runs (folders with config_resolved.yaml and checkpoints)")
-    return members
-
-
-def configuration_key(run_dir: Path) -> str:
-    """What distinguishes a member apart from its seed: its Hydra overrides without seed and hydra.*."""
-    overrides_file = Path(run_dir) / ".hydra" / "overrides.yaml"
-    if overrides_file.is_file():
-        overrides = [o for o in OmegaConf.load(overrides_file) if not str(o).startswith(("seed=", "hydra.", "hydra/"))]
-        return " ".join(sorted(map(str, overrides))) or "default"
-    name = str(run_config(run_dir).get("run_name", run_dir.name))
-    return name.rsplit("-s", 1)[0]
-
-
-# ---- building blocks ------------------------------------------------------------------------------------
 class LoadedRun:
+    """A finished run ready to predict its test split: config, task, data module and trained module."""
+
     def __init__(self, run_dir: Path, checkpoint: Path | None = None, overrides: list[str] | None = None):
         from studykit.training.run import build_datamodule
 
@@ -85,111 +60,76 @@ class LoadedRun:
         self.cfg = run_config(self.run_dir)
         if overrides:
             self.cfg = OmegaConf.merge(self.cfg, OmegaConf.from_dotlist(list(overrides)))
+        self.task: Task = task_of(self.cfg)
         self.checkpoint = Path(checkpoint) if checkpoint else best_checkpoint(self.run_dir, self.cfg)
         self.datamodule = build_datamodule(self.cfg)
         self.datamodule.prepare_data()
+        self.datamodule.setup("test")
         self.module = load_trained_module(self.run_dir, self.cfg, self.checkpoint)
-        self.test_set = self.datamodule.dataset("test")
+        self.test_set = self.datamodule.test_set
+
+    def test_loader(self):
+        return self.datamodule.test_dataloader()
 
     def predict(self, tta: bool) -> torch.Tensor:
-        perm = lm.flip_perm_for(self.datamodule.num_landmarks, self.datamodule.flip_pairs)
-        width = self.test_set.images.shape[-1]
         # the precision the run was trained and tested with, so evaluation reproduces its numbers
         bf16 = str(OmegaConf.select(self.cfg, "hardware.precision", default="32-true")).startswith("bf16")
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            return lm.predict(self.module, self.datamodule._loader(self.test_set, shuffle=False), tta=tta, perm=perm, width=width)
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+            return self.task.predict(self, tta).float()
 
 
-def predictions_csv(pred_px: torch.Tensor, image_ids, categories) -> str:
-    k = pred_px.shape[1]
-    return csv_text(["image_id", "category"] + [f"{axis}{i + 1}" for i in range(k) for axis in ("x", "y")],
-                    ([image_ids[i], categories[i]] + [f"{v:.3f}" for v in pred_px[i].reshape(-1).tolist()]
-                     for i in range(pred_px.shape[0])))
-
-
-def per_sample_csv(ids, values, name: str) -> str:
-    """One score per test sample (e.g. its mean pixel error): what paired tests between runs compare."""
-    return csv_text(["id", name], ([i, f"{v:.6f}"] for i, v in zip(ids, values)))
-
-
-def read_per_sample(path: Path) -> tuple[list[str], np.ndarray]:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path} not found: the run predates per-sample scores; re-test it with evaluate.py run_dir=...")
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))[1:]
-    return [r[0] for r in rows], np.asarray([float(r[1]) for r in rows])
-
-
-def read_predictions(path: Path) -> tuple[list[str], torch.Tensor]:
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))[1:]
-    ids = [r[0] for r in rows]
-    values = torch.tensor([[float(v) for v in r[2:]] for r in rows], dtype=torch.float32)
-    return ids, values.view(len(rows), -1, 2)
-
-
-def write_evaluation(out_dir: Path, pred_px: torch.Tensor, test_set, category_names: list[str], title: str,
-                     visualize: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    target = lm.targets_px(test_set)
-    report = {**(extra or {}), "primary_metric": {"name": "mean_px", "mode": "min"},
-              **lm.error_report(pred_px, target, test_set.category, category_names)}
+def write_evaluation(out_dir: Path, task: Task, pred: torch.Tensor, run: LoadedRun, title: str, visualize: bool,
+                     extra: dict[str, Any], options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """test_report.json (with its primary metric) and the task's files for `pred` on the run's test split."""
+    report = {**extra, "primary_metric": task.primary_metric, **task.metrics(pred, run)}
     out_dir.mkdir(parents=True, exist_ok=True)
-    cats = [category_names[int(c)] for c in test_set.category]
     atomic_write_json(out_dir / "test_report.json", report)
-    atomic_write_text(out_dir / "test_report.md", report_markdown(report, title=title))
-    atomic_write_text(out_dir / "test_predictions.csv", predictions_csv(pred_px, test_set.image_id, cats))
-    atomic_write_text(out_dir / "test_per_sample.csv", per_sample_csv(test_set.image_id, lm.per_image_errors(pred_px, target).tolist(), "mean_px"))
-    if visualize:
-        # draw in the cached images' pixels
-        scale = torch.tensor([test_set.images.shape[-1], test_set.images.shape[-2]]) / test_set.orig_size[:, None, :]
-        images = test_set.images.numpy()
-        t_img, p_img = (target * scale).numpy(), (pred_px * scale).numpy()
-        point_errors = torch.linalg.vector_norm(pred_px - target, dim=-1).numpy()
-        write_overlays(out_dir / "images", images, t_img, p_img, cats, test_set.image_id, point_errors.mean(1))
-        summary_plots(out_dir / "plots", point_errors, cats, images, t_img, p_img, test_set.image_id, title="")
-    log.info("%s: test mean %.2f px, median %.2f px on %d images", title, report["mean_px"], report["median_px"], report["n_images"])
+    task.write(out_dir, pred, run, report, title, visualize, options or {})
+    log.info("%s: %s", title, task.summary_line(report))
     return report
 
 
 # ---- modes ----------------------------------------------------------------------------------------------
 def evaluate_single(run_dir: Path, tta: bool = False, visualize: bool = False, out_dir: Path | None = None,
-                    checkpoint: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+                    checkpoint: str | None = None, overrides: list[str] | None = None,
+                    options: dict[str, Any] | None = None) -> dict[str, Any]:
     run = LoadedRun(run_dir, checkpoint, overrides)
-    pred = run.predict(tta)
     out_dir = Path(out_dir or Path(run_dir) / ("evaluation_tta" if tta else "evaluation"))
-    return write_evaluation(out_dir, pred, run.test_set, run.datamodule.categories, f"{run.cfg.get('run_name')}{' + flip TTA' if tta else ''}",
-                            visualize, {"run_dir": str(run_dir), "checkpoint": str(run.checkpoint), "tta": tta})
+    return write_evaluation(out_dir, run.task, run.predict(tta), run, f"{run.cfg.get('run_name')}{' + flip TTA' if tta else ''}",
+                            visualize, {"run_dir": str(run_dir), "checkpoint": str(run.checkpoint), "tta": tta}, options)
 
 
-def evaluate_ensemble(folder: Path, tta: bool = False, visualize: bool = False, out_dir: Path | None = None) -> dict[str, Any]:
+def evaluate_ensemble(folder: Path, tta: bool = False, visualize: bool = False, out_dir: Path | None = None,
+                      options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Average the members' predictions (each with optional flip TTA); report the ensemble and each member."""
     members = sweep_members(folder)
-    preds, member_reports, test_set, categories = [], {}, None, None
+    preds, member_reports, first = [], {}, None
     for run_dir in members:
         run = LoadedRun(run_dir)
-        if test_set is not None and list(run.test_set.image_id) != list(test_set.image_id):
+        if first is None:
+            first = run
+        elif run.task is not first.task:
+            raise ValueError(f"{run_dir}: its task ({run.task.name}) differs from the other members' ({first.task.name})")
+        elif list(run.test_set.image_id) != list(first.test_set.image_id):
             raise ValueError(f"{run_dir}: its test split differs from the other members'")
-        test_set, categories = run.test_set, run.datamodule.categories
         pred = run.predict(tta)
         preds.append(pred)
-        member_reports[run_dir.name] = lm.error_report(pred, lm.targets_px(test_set), test_set.category, categories)
-        log.info("member %s: %.2f px", run_dir.name, member_reports[run_dir.name]["mean_px"])
+        member_reports[run_dir.name] = run.task.metrics(pred, run)
+        log.info("member %s: %s", run_dir.name, run.task.summary_line(member_reports[run_dir.name]))
+    task = first.task
     out_dir = Path(out_dir or Path(folder) / ("ensemble_tta" if tta else "ensemble"))
-    summary = {key: mean_std(r[key] for r in member_reports.values()) for key in ("mean_px", "median_px", "max_px")}
-    report = write_evaluation(
-        out_dir, lm.ensemble_mean(preds), test_set, categories, f"ensemble of {len(members)}{' + flip TTA' if tta else ''}", visualize,
-        {"ensemble_of": [str(m) for m in members], "tta": tta},
-    )
-    report["members"] = {name: {k: r[k] for k in ("mean_px", "median_px", "std_px", "max_px", "per_category")}
-                         for name, r in member_reports.items()}
+    report = write_evaluation(out_dir, task, task.combine(preds), first, f"ensemble of {len(members)}{' + flip TTA' if tta else ''}",
+                              visualize, {"ensemble_of": [str(m) for m in members], "tta": tta}, options)
+    report["members"] = {name: scalar_metrics(r) for name, r in member_reports.items()}
+    names = [k for k in report["members"][members[0].name] if all(k in r for r in report["members"].values())]
+    summary = {k: mean_std(r[k] for r in report["members"].values()) for k in names}
     report["members_mean_std"] = summary
     atomic_write_json(out_dir / "test_report.json", report)
-    lines = ["", f"## Members ({len(members)})", "", "| member | mean px | median px |", "|---|---|---|"]
-    lines += [f"| {n} | {r['mean_px']:.2f} | {r['median_px']:.2f} |" for n, r in member_reports.items()]
-    lines.append(f"| mean +- std | {summary['mean_px']['mean']:.2f} +- {summary['mean_px']['std']:.2f} | "
-                 f"{summary['median_px']['mean']:.2f} +- {summary['median_px']['std']:.2f} |")
-    md = (out_dir / "test_report.md").read_text() + "\n".join(lines) + "\n"
-    atomic_write_text(out_dir / "test_report.md", md)
+    primary = task.primary_metric["name"]
+    lines = ["", f"## Members ({len(members)})", "", f"| member | {primary} |", "|---|---|"]
+    lines += [f"| {n} | {r[primary]:.4g} |" for n, r in report["members"].items()]
+    lines.append(f"| mean +- std | {summary[primary]['mean']:.4g} +- {summary[primary]['std']:.2g} |")
+    atomic_write_text(out_dir / "test_report.md", (out_dir / "test_report.md").read_text() + "\n".join(lines) + "\n")
     return report
 
 
@@ -203,6 +143,10 @@ def scalar_metrics(report: dict[str, Any]) -> dict[str, float]:
         for key in ("mean_px", "mean"):
             if key in row:
                 out[f"{cat}_{key}"] = float(row[key])
+    for name, row in (report.get("per_class") or {}).items():
+        for key in ("f1", "kl"):
+            if key in row:
+                out[f"{name}_{key}"] = float(row[key])
     return out
 
 
@@ -270,23 +214,33 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if len(modes) != 1:
         raise ValueError("give exactly one of run_dir=..., ensemble=..., sweep=..., compare=[a,b]")
     out = Path(cfg.output_dir) if cfg.get("output_dir") else None
-    target = str(run_config(Path(cfg.run_dir)).task.module._target_) if modes[0] == "run_dir" else ""
-    if target.endswith(("DistributionModule", "ClassificationModule")):
-        run = LoadedRun(Path(cfg.run_dir), cfg.get("checkpoint"), list(cfg.get("overrides") or []))
-        out = out or Path(cfg.run_dir) / "evaluation"
-        if target.endswith("ClassificationModule"):
-            from studykit.evaluation.classification import evaluate_classification
-
-            return evaluate_classification(run, out)
-        from studykit.evaluation.distribution import evaluate_distribution
-
-        return evaluate_distribution(run, out, cfg.visualize, cfg.get("samples"))
+    options = {"samples": list(cfg.samples) if cfg.get("samples") else None}
     if modes[0] == "run_dir":
-        return evaluate_single(Path(cfg.run_dir), cfg.tta, cfg.visualize, out, cfg.get("checkpoint"), list(cfg.get("overrides") or []))
+        return evaluate_single(Path(cfg.run_dir), cfg.tta, cfg.visualize, out, cfg.get("checkpoint"),
+                               list(cfg.get("overrides") or []), options)
+    if cfg.get("checkpoint") or cfg.get("overrides"):
+        raise ValueError("checkpoint= and overrides= apply to run_dir= only")
     if modes[0] == "ensemble":
-        return evaluate_ensemble(Path(cfg.ensemble), cfg.tta, cfg.visualize, out)
+        return evaluate_ensemble(Path(cfg.ensemble), cfg.tta, cfg.visualize, out, options)
+    if cfg.tta or cfg.visualize:
+        raise ValueError(f"tta= and visualize= apply to run_dir= and ensemble=; {modes[0]}= reads the members' own test reports")
     if modes[0] == "sweep":
         return summarize_sweep(Path(cfg.sweep), out)
     if len(cfg.compare) != 2:
         raise ValueError("compare needs two run folders: compare=[A,B]")
     return compare_runs(Path(cfg.compare[0]), Path(cfg.compare[1]), out)
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """What evaluate.py prints for the report of any mode."""
+    if "configurations" in report:
+        primary = report["primary_metric"]["name"]
+        return "\n".join(f"{row['configuration']}: {primary} {row[primary]['mean']:.4g} +- {row[primary]['std']:.2g} over "
+                         f"{row['seeds']} seeds" for row in report["configurations"])
+    if "mean_difference" in report:
+        return (f"paired test over {report['n']} samples: mean {report['mean_a']:.4g} vs {report['mean_b']:.4g}, "
+                f"t-test p = {report['t_pvalue']}, Wilcoxon p = {report['wilcoxon_pvalue']}")
+    from studykit.tasks import TASKS
+
+    task = next(t for t in TASKS.values() if t.primary_metric == report.get("primary_metric"))
+    return task.summary_line(report)

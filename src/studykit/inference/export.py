@@ -27,10 +27,13 @@ OUTPUTS = {
 
 
 def preprocessing_constants(cfg: DictConfig, task: str, in_chans: int) -> dict[str, Any]:
+    from studykit.training.run import normalization
+
     data = OmegaConf.to_container(cfg.data, resolve=True)
+    mean, std = normalization(cfg)
     out: dict[str, Any] = {
         "task": task, "input_size": int(data["input_size"]), "in_chans": in_chans,
-        "mean": list(data["mean"]), "std": list(data["std"]), "output": OUTPUTS[task],
+        "mean": list(mean), "std": list(std), "output": OUTPUTS[task],
         "input_layout": "NCHW float32: pixel / 255, then (x - mean) / std per channel"
                         + ("; channel 4 is the landmark heat map / 255, not normalized" if in_chans == 4 else ""),
     }
@@ -63,11 +66,11 @@ def export_net(net: torch.nn.Module, in_chans: int, size: int, path: Path, opset
 def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, opset: int = OPSET) -> dict[str, Any]:
     """Write model.onnx and preprocessing.json for the run's best checkpoint; returns the constants."""
     from studykit.evaluation.runner import load_trained_module
-    from studykit.inference.predict import task_of
+    from studykit.tasks import task_of
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
-    task = task_of(cfg)
+    task = task_of(cfg).name
     module = load_trained_module(run_dir, cfg)
     module.use_channels_last(False)  # the graph's layout is onnxruntime's business
     net = module.net.eval()

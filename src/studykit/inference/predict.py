@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader
 from studykit.data.cxr_landmarks import enhance_clahe, read_grey
 from studykit.evaluation import landmarks as lm
 from studykit.evaluation.runner import load_trained_module, run_config, sweep_members
+from studykit.tasks import task_of
+from studykit.training.run import normalization
 from studykit.utils.io import atomic_write_json, atomic_write_text, csv_text
 
 log = logging.getLogger(__name__)
@@ -41,20 +43,6 @@ def list_inputs(path: str | Path) -> list[Path]:
 
 
 # ---- models ---------------------------------------------------------------------------------------------
-def task_of(cfg: DictConfig) -> str:
-    """landmarks, classification or distribution, from the module class the run was trained with."""
-    from studykit.models.classification_module import ClassificationModule
-    from studykit.models.distribution_module import DistributionModule
-    from studykit.models.landmark_module import LandmarkModule
-    from hydra.utils import get_class
-
-    cls = get_class(cfg.task.module._target_)
-    for task, base in (("landmarks", LandmarkModule), ("distribution", DistributionModule), ("classification", ClassificationModule)):
-        if issubclass(cls, base):
-            return task
-    raise ValueError(f"predict.py does not know the task of {cfg.task.module._target_}")
-
-
 class OnnxNet(torch.nn.Module):
     """An exported network run by onnxruntime, called like the torch module on an NCHW float batch (a
     Module without parameters, so the torch prediction helpers take it as it is)."""
@@ -130,7 +118,7 @@ def predict_landmarks(cfg: DictConfig, run_cfg: DictConfig, nets: list[Net], fil
     pred = torch.zeros(n, k, 2)
     if n:
         tensors.update({"landmarks": torch.zeros(n, k, 2), "category": torch.zeros(n, dtype=torch.long)})
-        dataset = LandmarkDataset(tensors, int(data["input_size"]), False, {}, data["flip_pairs"], data["mean"], data["std"])
+        dataset = LandmarkDataset(tensors, int(data["input_size"]), False, {}, data["flip_pairs"], *normalization(run_cfg))
         loader = DataLoader(dataset, batch_size=int(cfg.batch_size), shuffle=False)
         perm = lm.flip_perm_for(k, data["flip_pairs"])
         # each member in pixels of each image's own size; the ensemble is their mean
@@ -198,7 +186,7 @@ def predict_faces(cfg: DictConfig, run_cfg: DictConfig, nets: list[Net], out: Pa
     probs = torch.zeros(0, len(classes))
     if kept:
         dataset = FourChannelDataset(images, torch.zeros(len(kept), dtype=torch.long), [face_id(state, i) for i in kept],
-                                     int(data["input_size"]), False, {}, data["mean"], data["std"])
+                                     int(data["input_size"]), False, {}, *normalization(run_cfg))
         probs = softmax_members(nets, dataset, int(cfg.batch_size), bool(cfg.tta))
     position = {row: j for j, row in enumerate(kept)}
     header = ["file", "face_index", "status", "reason", "box_x1", "box_y1", "box_x2", "box_y2", "predicted", *[f"p_{c}" for c in classes]]
@@ -227,7 +215,7 @@ def predict_distribution(cfg: DictConfig, run_cfg: DictConfig, nets: list[Net], 
     probs = torch.zeros(0, len(classes))
     if n:
         tensors["distribution"] = torch.zeros(n, len(classes))
-        dataset = DistributionDataset(tensors, int(data["input_size"]), False, {}, data["mean"], data["std"])
+        dataset = DistributionDataset(tensors, int(data["input_size"]), False, {}, *normalization(run_cfg))
         probs = softmax_members(nets, dataset, int(cfg.batch_size), bool(cfg.tta))
     header = ["file", "width", "height", "status", "reason", "majority", *[f"p_{c}" for c in classes]]
     lines, j = [], 0
@@ -256,7 +244,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if out.resolve() == inputs or inputs in out.resolve().parents:
         raise ValueError(f"predict_dir {out} lies inside the input {inputs}: the input is read-only")
     out.mkdir(parents=True, exist_ok=True)
-    task = task_of(run_cfg)
+    task = task_of(run_cfg).name
     if task == "landmarks":
         result = predict_landmarks(cfg, run_cfg, nets, files, out)
     elif task == "classification":

@@ -20,62 +20,10 @@ def _zero_based(pairs: Sequence[Sequence[int]]) -> torch.Tensor:
     return idx - 1
 
 
-INPUTS = ("values", "logits")
-
-
-def _as_values(pred: torch.Tensor, input: str) -> torch.Tensor:
-    """`logits` (a distribution head's raw output over the last axis) -> probabilities; `values` unchanged."""
-    if input == "logits":
-        return torch.softmax(pred, dim=-1)
-    if input != "values":
-        raise ValueError(f"loss input must be one of {INPUTS}, got {input!r}")
-    return pred
-
-
-class MSELoss(nn.Module):
-    """Mean squared error: of coordinates (input=values; `scale` divides first, 1 = squared pixels) or of
-    probabilities (input=logits: softmax of the prediction against a target distribution)."""
-
-    def __init__(self, scale: float = 1.0, input: str = "values"):
-        super().__init__()
-        self.scale = float(scale)
-        self.input = input
-        _as_values(torch.zeros(1), input)
-
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return torch.mean(((_as_values(pred, self.input) - target) / self.scale) ** 2)
-
-
-class L1Loss(nn.Module):
-    """Mean absolute error, of values or (input=logits) of softmax probabilities."""
-
-    def __init__(self, input: str = "values"):
-        super().__init__()
-        self.input = input
-        _as_values(torch.zeros(1), input)
-
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return torch.mean((_as_values(pred, self.input) - target).abs())
-
-
-class KLDivergenceLoss(nn.Module):
-    """KL(target || softmax(logits)), batch mean. Stable: log-softmax of the logits, and the target clamped
-    away from zero (then renormalised) so that empty classes give no log(0)."""
-
-    def __init__(self, eps: float = 1e-6, input: str = "logits"):
-        super().__init__()
-        if input != "logits":
-            raise ValueError("the KL loss needs logits: use it with a distribution head (task=distribution)")
-        self.eps = float(eps)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        target = target.clamp_min(self.eps)
-        target = target / target.sum(dim=-1, keepdim=True)
-        return (target * (target.log() - torch.log_softmax(logits, dim=-1))).sum(dim=-1).mean()
-
-
 class WingLoss(nn.Module):
     """Wing loss (Feng et al., CVPR 2018) per coordinate: log-shaped below `w` pixels, L1 beyond."""
+
+    tasks = ("landmarks",)
 
     def __init__(self, w: float = 10.0, epsilon: float = 2.0):
         super().__init__()
@@ -120,6 +68,8 @@ class SymmetryLoss(nn.Module):
     chest is not pushed towards symmetry.
     """
 
+    tasks = ("landmarks",)
+
     def __init__(
         self,
         pairs: Sequence[Sequence[int]] = ((3, 4), (5, 6), (7, 8), (12, 13), (14, 15)),
@@ -146,6 +96,8 @@ class SymmetryLoss(nn.Module):
 class DistancePreservationLoss(nn.Module):
     """Key anatomical distances of the prediction should equal the ground truth's (mean |d_pred - d_true|)."""
 
+    tasks = ("landmarks",)
+
     def __init__(
         self,
         pairs: Sequence[Sequence[int]] = (
@@ -163,23 +115,6 @@ class DistancePreservationLoss(nn.Module):
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return (self.distances(pred, self.pairs) - self.distances(target, self.pairs)).abs().mean()
-
-
-class CombinedLoss(nn.Module):
-    """Weighted sum of named losses; the last components are kept for logging."""
-
-    def __init__(self, terms: dict[str, dict]):
-        super().__init__()
-        if not terms:
-            raise ValueError("CombinedLoss needs at least one term")
-        self.losses = nn.ModuleDict({name: spec["loss"] for name, spec in terms.items()})
-        self.weights = {name: float(spec.get("weight", 1.0)) for name, spec in terms.items()}
-        self.last_components: dict[str, torch.Tensor] = {}
-
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        parts = {name: loss(pred, target) for name, loss in self.losses.items()}
-        self.last_components = {name: value.detach() for name, value in parts.items()}
-        return sum(self.weights[name] * value for name, value in parts.items())
 
 
 def gaussian_maps(points: torch.Tensor, height: int, width: int, sigma: float) -> torch.Tensor:
@@ -202,17 +137,3 @@ def js_divergence_maps(probs: torch.Tensor, target_norm: torch.Tensor, sigma: fl
         return (p * ((p + eps).log() - (q + eps).log())).sum(dim=(-2, -1))
 
     return (0.5 * kl(probs, mix) + 0.5 * kl(target, mix)).mean()
-
-
-class CrossEntropyLoss(nn.Module):
-    """Cross-entropy on logits and integer labels; optional class weights and label smoothing."""
-
-    def __init__(self, class_weights: list[float] | None = None, label_smoothing: float = 0.0, input: str = "logits"):
-        super().__init__()
-        if input != "logits":
-            raise ValueError("cross-entropy needs logits: use it with a classification head (task=classification)")
-        self.register_buffer("weight", torch.tensor(class_weights, dtype=torch.float32) if class_weights else None, persistent=False)
-        self.label_smoothing = float(label_smoothing)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(logits, target.long(), weight=self.weight, label_smoothing=self.label_smoothing)

@@ -10,14 +10,13 @@ from torch import nn
 
 from studykit.metrics.classification import classification_markdown, classification_metrics, classification_report
 from studykit.models.logits_module import LogitsModule
-from studykit.utils.io import csv_text
 
 
 class ClassificationModule(LogitsModule):
     progress_metrics = ("accuracy", "f1_macro")
 
     def __init__(self, backbone: dict[str, Any], head: dict[str, Any], loss: nn.Module, num_classes: int,
-                 classes: Sequence[str] = (), in_chans: int = 3, stage: dict[str, Any] | None = None, **unused: Any):
+                 classes: Sequence[str] = (), in_chans: int = 3, stage: dict[str, Any] | None = None):
         super().__init__(backbone, head, loss, num_classes, classes, in_chans, stage, classification_metrics(num_classes))
         self.save_hyperparameters(ignore=["loss"])
 
@@ -29,12 +28,10 @@ class ClassificationModule(LogitsModule):
         return classification_markdown(report, title)
 
     def test_files(self, datamodule) -> dict[str, str]:
-        from studykit.evaluation.runner import per_sample_csv
+        from studykit.evaluation.files import per_sample_csv, probability_predictions_csv
 
         probs, target = torch.cat(self.test_probs), torch.cat(self.test_targets)
         ids = datamodule.test_set.image_id[: probs.shape[0]]
-        rows = ([row_id, self.classes[int(target[i])], self.classes[int(probs[i].argmax())]] + [f"{v:.5f}" for v in probs[i].tolist()]
-                for i, row_id in enumerate(ids))
         correct = (probs.argmax(-1) == target).float().tolist()
-        return {"test_predictions.csv": csv_text(["image_id", "label", "predicted"] + [f"p_{c}" for c in self.classes], rows),
+        return {"test_predictions.csv": probability_predictions_csv(probs, ids, self.classes, target),
                 "test_per_sample.csv": per_sample_csv(ids, correct, "correct")}

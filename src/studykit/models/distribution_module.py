@@ -9,7 +9,6 @@ from torch import nn
 
 from studykit.metrics.distribution import DistributionMetrics, distribution_markdown
 from studykit.models.logits_module import ClassifierNet, LogitsModule
-from studykit.utils.io import csv_text
 
 __all__ = ["ClassifierNet", "DistributionModule"]
 
@@ -20,7 +19,7 @@ class DistributionModule(LogitsModule):
     progress_metrics = ("kl", "accuracy")
 
     def __init__(self, backbone: dict[str, Any], head: dict[str, Any], loss: nn.Module, num_classes: int,
-                 classes: Sequence[str] = (), stage: dict[str, Any] | None = None, **unused: Any):
+                 classes: Sequence[str] = (), stage: dict[str, Any] | None = None):
         super().__init__(backbone, head, loss, num_classes, classes, 3, stage, DistributionMetrics(classes))
         self.save_hyperparameters(ignore=["loss"])
 
@@ -36,11 +35,10 @@ class DistributionModule(LogitsModule):
         return distribution_markdown(report, title)
 
     def test_files(self, datamodule) -> dict[str, str]:
-        from studykit.evaluation.runner import per_sample_csv
+        from studykit.evaluation.files import distribution_predictions_csv, per_sample_csv
 
         pred, target = torch.cat(self.test_probs), torch.cat(self.test_targets)
         ids = datamodule.test_set.image_id[: pred.shape[0]]
-        header = ["image_id"] + [f"pred_{c}" for c in self.classes] + [f"votes_{c}" for c in self.classes]
-        rows = ([row_id] + [f"{v:.5f}" for v in pred[i].tolist()] + [f"{v:.5f}" for v in target[i].tolist()] for i, row_id in enumerate(ids))
         kl = self.test_metric().scores()["kl"].tolist()
-        return {"test_predictions.csv": csv_text(header, rows), "test_per_sample.csv": per_sample_csv(ids, kl, "kl")}
+        return {"test_predictions.csv": distribution_predictions_csv(pred, target, ids, self.classes),
+                "test_per_sample.csv": per_sample_csv(ids, kl, "kl")}

@@ -48,6 +48,10 @@ class LogitsModule(PhasedModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled backbone features the head sees (for embedding maps)."""
+        return self.net.features(x)
+
     def _step(self, batch: dict[str, Any], stage: str, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(batch["image"])
         loss = self.loss_fn(logits, batch["target"])

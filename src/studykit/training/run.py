@@ -14,6 +14,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from studykit.config import check_pairing
+from studykit.tasks import task_of
 from studykit.training.callbacks import LossHistory
 from studykit.utils.io import atomic_write_json, atomic_write_text, safe_torch_load
 from studykit.utils.run_info import save_run_info
@@ -21,11 +23,22 @@ from studykit.utils.run_info import save_run_info
 log = logging.getLogger(__name__)
 
 
+def normalization(cfg: DictConfig) -> tuple[list[float], list[float]]:
+    """The input mean and std of the run's backbone: the model owns normalisation (model.input_mean/std)."""
+    return list(cfg.model.input_mean), list(cfg.model.input_std)
+
+
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    return instantiate(cfg.data)
+    """The data module, normalising images as the model asks (the data config holds no statistics)."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    data.pop("mean", None), data.pop("std", None)  # runs saved before the model owned normalisation
+    if "model" not in cfg:  # prepare.py: building the cache needs no normalisation
+        return instantiate(data)
+    mean, std = normalization(cfg)
+    return instantiate(data, mean=mean, std=std)
 
 
-DATA_FILLED = ("num_classes", "classes", "in_chans")
+DATA_FILLED = ("num_classes", "classes", "in_chans", "num_landmarks", "categories")
 
 
 def fill_from_data(cfg: DictConfig, datamodule: L.LightningDataModule) -> None:
@@ -36,8 +49,11 @@ def fill_from_data(cfg: DictConfig, datamodule: L.LightningDataModule) -> None:
             cfg.task.module[key] = getattr(datamodule, key)
 
 
-def build_module(cfg: DictConfig) -> L.LightningModule:
-    """The task's LightningModule with its loss, laid out and compiled as `hardware` says."""
+def build_module(cfg: DictConfig, datamodule: L.LightningDataModule | None = None) -> L.LightningModule:
+    """The task's LightningModule with its loss, laid out and compiled as `hardware` says. What the task
+    leaves open (???) comes from `datamodule` when given (train.py fills it before saving the config)."""
+    if datamodule is not None:
+        fill_from_data(cfg, datamodule)
     loss = instantiate(cfg.loss, _convert_="all")
     module = instantiate(cfg.task.module, loss=loss)
     apply_hardware(module, cfg.get("hardware") or {})
@@ -139,6 +155,7 @@ def peak_memory_mb() -> dict[str, float]:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run every stage of the phase plan, then test the best weights; returns the run summary."""
+    check_pairing(cfg)
     run_dir = Path(cfg.paths.output_dir)
     L.seed_everything(int(cfg.seed), workers=True)
     if cfg.hardware.get("num_threads"):
@@ -234,7 +251,7 @@ def test_and_report(
         "checkpoint": checkpoint,
         "seed": cfg.get("seed"),
         "model": cfg.model.backbone.name,
-        "task": cfg.task.module._target_.rsplit(".", 1)[-1],
+        "task": task_of(cfg).name,
         "loss": cfg.loss.get("_target_"),
         **metrics,
     }

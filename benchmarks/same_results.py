@@ -1,0 +1,73 @@
+"""Do refactors keep results? Trains two small fixed runs (a CXR smoke run, a JAFFE subject fold) with a fixed
+seed and records their test metrics under the current git commit in benchmarks/results/same_results.json;
+with --against COMMIT, also checks that every metric equals the one recorded for that commit.
+
+    python benchmarks/same_results.py                      # record this commit's metrics
+    python benchmarks/same_results.py --against a4147fd    # record, then compare with an earlier record
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import subprocess
+import sys
+
+from common import ROOT, RUNS, load_results, machine, run_train, save_results
+
+RESULTS = ROOT / "benchmarks" / "results" / "same_results.json"
+CASES = {
+    "cxr_smoke": ["experiment=cxr_smoke", "model=efficientnet_lite0", "seed=7"],
+    "jaffe_fold0": ["experiment=jaffe_expression", "model=resnet18", "data.input_size=64", "trainer.max_epochs=1", "seed=7"],
+}
+
+
+def numbers(report: dict, prefix: str = "") -> dict[str, float]:
+    """Every number of a test report, flattened (paths, names and timings left out)."""
+    out = {}
+    for key, value in report.items():
+        if key in ("run_name", "checkpoint", "run_dir", "seconds", "primary_metric"):
+            continue
+        if isinstance(value, dict):
+            out.update(numbers(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = float(value)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--against", help="a commit whose recorded metrics these must equal")
+    args = parser.parse_args()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    results = load_results(RESULTS, {"commits": {}})
+    record = {}
+    for name, overrides in CASES.items():
+        run_dir = RUNS / "same_results" / commit / name
+        shutil.rmtree(run_dir, ignore_errors=True)  # always a fresh run: a reused one proves nothing
+        run = run_train(overrides, run_dir)
+        record[name] = {"command": run["command"], "metrics": numbers(run["report"])}
+    results["commits"][commit] = {"machine": machine(), "cases": record}
+    if args.against:
+        base = results["commits"].get(args.against)
+        if base is None:
+            sys.exit(f"no record for commit {args.against} in {RESULTS}; run this script at that commit first")
+        diffs = {}
+        for name, case in record.items():
+            before = base["cases"][name]["metrics"]
+            keys = sorted(set(before) | set(case["metrics"]))
+            diffs[name] = [k for k in keys if not math.isclose(before.get(k, math.nan), case["metrics"].get(k, math.nan), rel_tol=1e-6, abs_tol=1e-9)]
+        results["comparisons"] = {**results.get("comparisons", {}), f"{commit} vs {args.against}": diffs}
+        save_results(RESULTS, results)
+        for name, keys in diffs.items():
+            print(f"{name}: {'same metrics' if not keys else 'DIFFERENT: ' + ', '.join(keys)}")
+        if any(diffs.values()):
+            sys.exit(1)
+        return
+    save_results(RESULTS, results)
+    print(f"recorded {commit}: " + ", ".join(f"{n} {len(c['metrics'])} numbers" for n, c in record.items()))
+
+
+if __name__ == "__main__":
+    main()
