@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from studykit.evaluation.runner import LoadedRun, read_landmark_predictions
 from studykit.models.base import warmup_cosine_factor
@@ -74,14 +75,17 @@ def test_warmup_cosine_factor_per_step():
     assert warmup_cosine_factor(10, 0, final_factor=0.1)(10) == pytest.approx(0.1)
 
 
-@pytest.mark.parametrize("kind", ["warmup_cosine", "onecycle"])
-def test_schedulers_step_both_parameter_groups(make_cfg, kind):
-    module = build_module(*with_data(make_cfg(["model=resnet18"])))
-    module.set_stage({"freeze_backbone": False, "epochs": 2, "optimizer": {"name": "adamw", "lr": 1e-3, "backbone_lr": 1e-4},
-                      "scheduler": {"name": kind, "warmup": 0.25, "total_steps": 40}})
+@pytest.mark.parametrize("phase,warmup_key", [("warmup_cosine", "warmup"), ("onecycle", "pct_start")])
+def test_schedulers_step_both_parameter_groups(make_cfg, phase, warmup_key):
+    """The phase configs' partial optimizer and scheduler, built as training builds them."""
+    cfg = make_cfg(["model=resnet18", f"phase={phase}", "phase.stages.finetune.optimizer.backbone_lr=1e-4",
+                    f"phase.stages.finetune.scheduler.{warmup_key}=0.25", "+phase.stages.finetune.scheduler.total_steps=40"])
+    module = build_module(cfg, build_datamodule(cfg))
+    module.set_stage(OmegaConf.to_container(cfg.phase.stages.finetune, resolve=True))
     conf = module.configure_optimizers()
     assert conf["lr_scheduler"]["interval"] == "step"
     optimizer, scheduler = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["weight_decay"] == 1e-2
     lrs = []
     for _ in range(40):
         lrs.append([g["lr"] for g in optimizer.param_groups])
@@ -94,10 +98,31 @@ def test_schedulers_step_both_parameter_groups(make_cfg, kind):
     assert all(b / h == pytest.approx(0.1) for h, b in zip(head, backbone))  # the backbone keeps its tenth
 
 
-def test_unknown_scheduler_is_named(make_cfg):
+def test_epoch_cosine_takes_the_stage_epochs_and_frozen_stage_one_group(make_cfg):
+    cfg = make_cfg(["model=resnet18", "phase=two_phase"])
+    module = build_module(cfg, build_datamodule(cfg))
+    module.set_stage(OmegaConf.to_container(cfg.phase.stages.head_only, resolve=True))
+    optimizer = module.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.Adam) and [g["name"] for g in optimizer.param_groups] == ["head"]
+    module.set_stage({**OmegaConf.to_container(cfg.phase.stages.finetune, resolve=True), "epochs": 7})
+    conf = module.configure_optimizers()
+    scheduler = conf["lr_scheduler"]["scheduler"]
+    assert conf["lr_scheduler"]["interval"] == "epoch" and scheduler.T_max == 7 and scheduler.eta_min == 2e-6
+    assert [g["lr"] for g in conf["optimizer"].param_groups] == [2e-4, 2e-5]
+
+
+def test_bad_optimizer_and_scheduler_configs_are_named(make_cfg):
     module = build_module(*with_data(make_cfg(["model=resnet18"])))
-    module.set_stage({"freeze_backbone": False, "optimizer": {"lr": 1e-3}, "scheduler": {"name": "linear"}})
-    with pytest.raises(ValueError, match="'linear'"):
+    module.set_stage({"freeze_backbone": False, "optimizer": {"lr": 1e-3}})
+    with pytest.raises(ValueError, match="needs a _target_"):
+        module.configure_optimizers()
+    module.set_stage({"freeze_backbone": False, "optimizer": {"_target_": "torch.optim.Adam", "lr": 1e-3},
+                      "scheduler": {"_target_": "torch.optim.lr_scheduler.LinearLRR"}})
+    with pytest.raises(Exception, match="LinearLRR"):
+        module.configure_optimizers()
+    module.set_stage({"freeze_backbone": False, "optimizer": {"_target_": "torch.optim.Adam", "lr": 1e-3},
+                      "scheduler": {"_target_": "torch.optim.lr_scheduler.LinearLR", "interval": "batch"}})
+    with pytest.raises(ValueError, match="'batch'"):
         module.configure_optimizers()
 
 

@@ -3,27 +3,28 @@ memory layout of the network and its input batches."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
 from torch import nn
 
 
 class PhasedModule(L.LightningModule):
     """A LightningModule with `self.net.backbone` and a head, trained in phases (`set_stage`).
 
-    A phase dict: freeze_backbone, epochs, optimizer {name, lr, backbone_lr, weight_decay, momentum},
-    scheduler {name: none | cosine | warmup_cosine | onecycle, eta_min, t_max, warmup}. Subclasses define
-    the steps and the test report.
+    A phase dict: freeze_backbone, epochs, optimizer and scheduler as partial configs (see
+    `configure_optimizers`). Subclasses define the steps and the test report.
     """
 
     net: nn.Module
 
     def __init__(self, stage: dict[str, Any] | None = None):
         super().__init__()
-        self.stage_cfg: dict[str, Any] = dict(stage or {"freeze_backbone": False, "optimizer": {"lr": 1e-3}})
+        self.stage_cfg: dict[str, Any] = dict(stage or {"freeze_backbone": False, "optimizer": {"_target_": "torch.optim.Adam", "lr": 1e-3}})
         self.channels_last = False
 
     # ---- memory layout --------------------------------------------------------------------------------
@@ -60,45 +61,32 @@ class PhasedModule(L.LightningModule):
         self.net.backbone.train(not self.backbone_frozen)
 
     def configure_optimizers(self):
-        opt = dict(self.stage_cfg.get("optimizer", {}))
-        lr = float(opt.get("lr", 1e-3))
-        weight_decay = float(opt.get("weight_decay", 0.0))
-        groups = [{"params": self.head_parameters(), "lr": lr, "name": "head"}]
+        """The stage's optimizer and scheduler are partial configs (`_target_`, `_partial_: true`). Taken out
+        before they are built: optimizer.backbone_lr (the backbone group's rate; null: lr) and
+        scheduler.interval (epoch or step). Filled at run time when the scheduler takes them and the config
+        leaves them out: total_steps (this stage's optimizer steps), T_max (its epochs), max_lr (each group's lr)."""
+        opt_cfg = dict(self.stage_cfg.get("optimizer") or {})
+        if "_target_" not in opt_cfg:
+            raise ValueError(f"phase stage optimizer needs a _target_ (a partial config such as torch.optim.AdamW), got {opt_cfg}")
+        backbone_lr = opt_cfg.pop("backbone_lr", None)
+        groups = [{"params": self.head_parameters(), "name": "head"}]
         if not self.backbone_frozen:
-            backbone_lr = opt.get("backbone_lr")
-            groups.append({"params": list(self.net.backbone.parameters()),
-                           "lr": float(backbone_lr if backbone_lr is not None else lr), "name": "backbone"})
-        name = opt.get("name", "adam").lower()
-        if name == "adam":
-            optimizer = torch.optim.Adam(groups, weight_decay=weight_decay)
-        elif name == "adamw":
-            optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay)
-        elif name == "sgd":
-            optimizer = torch.optim.SGD(groups, momentum=float(opt.get("momentum", 0.9)), weight_decay=weight_decay)
-        else:
-            raise ValueError(f"optimizer.name must be adam, adamw or sgd, got {name!r}")
-        sched = dict(self.stage_cfg.get("scheduler") or {})
-        kind = sched.get("name", "none")
-        if kind == "none":
+            backbone = {"params": list(self.net.backbone.parameters()), "name": "backbone"}
+            groups.append(backbone | ({"lr": float(backbone_lr)} if backbone_lr is not None else {}))
+        optimizer = instantiate({**opt_cfg, "_partial_": True})(groups)
+        sched_cfg = dict(self.stage_cfg.get("scheduler") or {})
+        if not sched_cfg:
             return optimizer
-        if kind == "cosine":
-            t_max = int(sched.get("t_max") or self.stage_cfg.get("epochs") or 1)
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max, eta_min=float(sched.get("eta_min", 0.0)))
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-        if kind not in ("warmup_cosine", "onecycle"):
-            raise ValueError(f"scheduler.name must be none, cosine, warmup_cosine or onecycle, got {kind!r}")
-        # per optimizer step: short phases of small data sets have few epochs, so warm-up is counted in steps
-        total = int(sched.get("total_steps") or self.trainer.estimated_stepping_batches)
-        warmup = float(sched.get("warmup", 0.1))
-        if kind == "onecycle":
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=[g["lr"] for g in groups], total_steps=total, pct_start=warmup,
-                div_factor=float(sched.get("div_factor", 25.0)), final_div_factor=float(sched.get("final_div_factor", 1e4)))
-        else:
-            scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, warmup_cosine_factor(total, warmup_steps=round(warmup * total),
-                                                final_factor=float(sched.get("final_factor", 0.0))))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        interval = sched_cfg.pop("interval", "epoch")
+        if interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler.interval must be epoch or step, got {interval!r}")
+        build = instantiate({**sched_cfg, "_partial_": True})
+        runtime = {"total_steps": lambda: int(self.trainer.estimated_stepping_batches),
+                   "T_max": lambda: int(self.stage_cfg.get("epochs") or 1),
+                   "max_lr": lambda: [g["lr"] for g in optimizer.param_groups]}
+        accepted = inspect.signature(build.func).parameters
+        extra = {k: fill() for k, fill in runtime.items() if k in accepted and k not in build.keywords}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": build(optimizer, **extra), "interval": interval}}
 
     def check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
         if not torch.isfinite(loss):
@@ -118,6 +106,14 @@ class PhasedModule(L.LightningModule):
     def test_files(self, datamodule: L.LightningDataModule) -> dict[str, str]:
         """Extra text files for the run folder: file name -> content (predictions, per-sample scores)."""
         return {}
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float = 0.1,
+                  final_factor: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over the first `warmup` fraction of the steps, then a cosine to `final_factor` x lr
+    (per optimizer step: short phases of small data sets have few epochs, so warm-up is counted in steps)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine_factor(total_steps, warmup_steps=round(warmup * total_steps), final_factor=final_factor))
 
 
 def warmup_cosine_factor(total_steps: int, warmup_steps: int, final_factor: float = 0.0):
