@@ -58,3 +58,17 @@ def test_rotation_keeps_every_landmark(make_cfg):
     # validation items are deterministic; targets of an unrotated image match the cache exactly
     val = dm.dataset("val")
     np.testing.assert_allclose(val[0]["target"].numpy() * 64, val.landmarks[0].numpy(), atol=1e-3)
+
+
+def test_one_augmentation_builder_reads_the_same_keys_everywhere():
+    from studykit.data.augment import build_augmentation
+
+    full = {"hflip_p": 0.5, "rotate_limit": 10, "rotate_p": 0.5, "scale": [0.9, 1.1], "brightness": 0.2, "contrast": 0.2}
+    names = [type(t).__name__ for t in build_augmentation(32, True, full, seed=0)]
+    assert names == ["HorizontalFlip", "Affine", "RandomBrightnessContrast", "Resize"]
+    # landmark data sets flip in the dataset (pairs swapped), and carry keypoints through the rest
+    landmark = build_augmentation(32, True, full, seed=0, keypoints=True, flip=False)
+    assert [type(t).__name__ for t in landmark] == ["Affine", "RandomBrightnessContrast", "Resize"]
+    assert [type(t).__name__ for t in build_augmentation(32, False, full)] == ["Resize"]  # evaluation: resize only
+    with pytest.raises(ValueError, match=r"unknown data.augment keys \['rotation'\]"):
+        build_augmentation(32, True, {"rotation": 10})

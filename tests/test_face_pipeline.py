@@ -1,7 +1,9 @@
 """Face preprocessing on real photos: MTCNN, dlib against human annotations, exact crop/resize arithmetic,
 the landmark channel, bad images, and per-stage caching."""
 
+import importlib
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -21,6 +23,8 @@ from studykit.preprocessing.faces import (
     predictor_path,
     read_rgb,
 )
+from studykit.preprocessing.pipeline import StageSpec
+from studykit.utils.io import code_fingerprint
 from studykit.preprocessing.run import jaffe_label, preprocess
 from tests.conftest import DATA_ROOT, compose_cfg
 
@@ -129,20 +133,54 @@ def test_not_a_face_and_bad_files_are_recorded(tmp_path):
 
 
 def test_stages_cache_and_rebuild_only_downstream(tmp_path, monkeypatch):
-    base = ["data=jaffe", "data.prepare.limit=3", "data.prepare.pipeline.adjusted_dataset.size=128"]
+    base = ["data=jaffe", "data.prepare.limit=3", "data.prepare.pipeline.crop_resize.size=128"]
     cfg = compose_cfg("preprocess", base, tmp_path / "out", tmp_path / "cache")
     state, first = preprocess(cfg)
     assert not any(r.hit for r in first) and state["four_channel"].shape == (3, 4, 128, 128)
     assert [jaffe_label(Path(p))[1] for p in state["paths"]] == state["labels"]
     calls = []
-    for name, fn in list(faces.STAGES.items()):
-        monkeypatch.setitem(faces.STAGES, name, lambda s, p, f, fn=fn, name=name: calls.append(name) or fn(s, p, f))
+    for name, spec in list(faces.STAGES.items()):  # same code fingerprint: only the calls are recorded
+        monkeypatch.setitem(faces.STAGES, name, replace(spec, fn=lambda s, p, f, fn=spec.fn, name=name: calls.append(name) or fn(s, p, f)))
     _, again = preprocess(cfg)
     assert all(r.hit for r in again) and calls == []
     changed = compose_cfg("preprocess", [*base, "data.prepare.pipeline.enhanced_tensors.clip_limit=3.0"], tmp_path / "out", tmp_path / "cache")
     _, third = preprocess(changed)
     assert [r.hit for r in third] == [True, True, False, False, False, False]
-    assert calls == ["enhanced_tensors", "landmarks", "adjusted_dataset", "four_channel"]
+    assert calls == ["enhanced_tensors", "landmarks", "crop_resize", "four_channel"]
+    # an edit of a stage's code (its fingerprint) rebuilds that stage and the ones after it, as a version bump does
+    calls.clear()
+    monkeypatch.setitem(faces.STAGES, "crop_resize", replace(faces.STAGES["crop_resize"], code="edited"))
+    _, fourth = preprocess(changed)
+    assert [r.hit for r in fourth] == [True, True, True, True, False, False] and calls == ["crop_resize", "four_channel"]
+    calls.clear()
+    monkeypatch.setitem(faces.STAGES, "four_channel", replace(faces.STAGES["four_channel"], version=99))
+    _, fifth = preprocess(changed)
+    assert [r.hit for r in fifth] == [True] * 5 + [False] and calls == ["four_channel"]
+
+
+def test_code_fingerprint_follows_the_functions_a_stage_uses(tmp_path, monkeypatch):
+    source = """
+def helper(x):
+    return x + 1
+
+def unrelated():
+    return 0
+
+def stage(state, params, folder):
+    return {"v": helper(1)}
+"""
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def fingerprint(text: str, name: str) -> str:
+        (tmp_path / f"{name}.py").write_text(text)
+        module = importlib.import_module(name)
+        return code_fingerprint(module.stage)
+
+    base = fingerprint(source, "stage_v1")
+    assert fingerprint(source, "stage_v1b") == base  # the same code in another module: the same key
+    assert fingerprint(source.replace("x + 1", "x + 2"), "stage_v2") != base  # the helper changed
+    assert fingerprint(source.replace("return 0", "return 1"), "stage_v3") == base  # an unused function changed
+    assert StageSpec(faces.crop_resize).code == faces.STAGES["crop_resize"].code
 
 
 def test_pipeline_never_writes_into_its_data_root(tmp_path):
@@ -155,7 +193,7 @@ def test_pipeline_never_writes_into_its_data_root(tmp_path):
     for src in sorted(JAFFE.glob("*.tiff"))[:3]:
         shutil.copy(src, folder / src.name)
     before = {p.name: sha256_file(p) for p in folder.iterdir()}
-    cfg = compose_cfg("preprocess", ["data=jaffe", f"data.root={folder}", "data.prepare.pipeline.adjusted_dataset.size=64"],
+    cfg = compose_cfg("preprocess", ["data=jaffe", f"data.root={folder}", "data.prepare.pipeline.crop_resize.size=64"],
                       tmp_path / "out", tmp_path / "cache")
     state, _ = preprocess(cfg)
     assert state["status"] == ["ok"] * 3

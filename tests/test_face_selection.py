@@ -39,7 +39,7 @@ def afw_state(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
     cfg = compose_cfg("preprocess", ["data=jaffe", f"data.root={folder}", "data.prepare.pattern=*.jpg", "data.prepare.labels_from=null",
                                      "data.prepare.pipeline.mtcnn_boxes.select=all",
-                                     "data.prepare.pipeline.adjusted_dataset.size=64", "data.prepare.pipeline.four_channel.sigma=1.0"],
+                                     "data.prepare.pipeline.crop_resize.size=64", "data.prepare.pipeline.four_channel.sigma=1.0"],
                       tmp / "out", tmp / "cache")
     state, _ = preprocess(cfg)
     return state, tmp / "cache"
@@ -117,7 +117,7 @@ def test_box_mapping_fits_and_inverts_a_known_transform():
 
 def test_landmark_image_choice_and_cache_keys(tmp_path):
     """`landmarks.image` picks raw or enhanced pixels; changing it rebuilds the landmark stage only."""
-    base = ["data=jaffe", "data.prepare.limit=2", "data.prepare.pipeline.adjusted_dataset.size=64"]
+    base = ["data=jaffe", "data.prepare.limit=2", "data.prepare.pipeline.crop_resize.size=64"]
     state_raw, _ = preprocess(compose_cfg("preprocess", base, tmp_path / "o", tmp_path / "c"))
     state_enh, runs = preprocess(compose_cfg("preprocess", [*base, "data.prepare.pipeline.landmarks.image=enhanced"], tmp_path / "o", tmp_path / "c"))
     assert [r.hit for r in runs] == [True, True, True, False, False, False]

@@ -51,7 +51,7 @@ def test_ferplus_pipeline_skips_the_detector_and_records_exclusions(tmp_path):
     cfg = compose_cfg("preprocess", ["data=ferplus_expression", "data.prepare.limit_per_split={train:20,val:8,test:8}"],
                       tmp_path / "out", tmp_path / "cache")
     state, results = preprocess(cfg)
-    assert [r.name for r in results] == ["raw_tensors", "full_frame_boxes", "adjusted_dataset"]
+    assert [r.name for r in results] == ["raw_tensors", "full_frame_boxes", "crop_resize"]
     assert state["face_images"].shape == (36, 3, 48, 48) and state["status"] == ["ok"] * 36
     assert state["splits"] == ["train"] * 20 + ["val"] * 8 + ["test"] * 8 and set(state["labels"]) <= set(EMOTIONS)
     # the full frame is the box: the crop is the image itself, untouched
@@ -69,7 +69,7 @@ def test_ferplus_pipeline_skips_the_detector_and_records_exclusions(tmp_path):
 
 def test_stage_order_is_checked_before_running():
     with pytest.raises(ValueError, match="four_channel.*landmarks"):
-        build_stages({"stages": ["raw_tensors", "full_frame_boxes", "adjusted_dataset", "four_channel"]})
+        build_stages({"stages": ["raw_tensors", "full_frame_boxes", "crop_resize", "four_channel"]})
     with pytest.raises(ValueError, match="mtcnn_boxes.*images"):
         build_stages({"stages": ["mtcnn_boxes"]})
 

@@ -12,8 +12,8 @@ from studykit.training.run import build_datamodule, train
 from tests.conftest import DATA_ROOT, compose_cfg
 
 JAFFE = DATA_ROOT / "jaffe" / "jaffe_db"
-FAST_PIPELINE = ["data.prepare.pipeline.stages=[raw_tensors,mtcnn_boxes,adjusted_dataset]",
-                 "data.prepare.pipeline.adjusted_dataset.size=64", "data.input_size=64"]
+FAST_PIPELINE = ["data.prepare.pipeline.stages=[raw_tensors,mtcnn_boxes,crop_resize]",
+                 "data.prepare.pipeline.crop_resize.size=64", "data.input_size=64"]
 
 
 @pytest.fixture(scope="module")

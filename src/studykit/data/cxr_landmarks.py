@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from studykit.data.cache import CacheStatus, cached_build
 from studykit.data.paths import UnsafePathError, data_root, safe_join
-from studykit.utils.io import atomic_torch_save, atomic_write_json, sha256_file
+from studykit.utils.io import atomic_torch_save, atomic_write_json, code_fingerprint, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +191,7 @@ def prepare_cxr_landmarks(
         "image_size": image_size,
         "clahe": clahe,
         "limit_per_split": limit_per_split,
+        "code": code_fingerprint(prepare_cxr_landmarks),  # editing the preparation code rebuilds the cache
     }
 
     def build(folder: Path) -> dict[str, Any]:

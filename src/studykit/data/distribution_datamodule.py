@@ -4,28 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import albumentations as A
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from studykit.data.augment import build_augmentation
 from studykit.data.base import IMAGENET_MEAN, IMAGENET_STD, CachedDataModule, grey_to_input
 from studykit.data.cache import CacheStatus
 from studykit.data.ferplus import prepare_ferplus
-
-
-def face_transforms(input_size: int, train: bool, augment: dict[str, Any], seed: int) -> A.Compose:
-    steps: list[A.BasicTransform] = []
-    if train:
-        if augment.get("hflip_p", 0):
-            steps.append(A.HorizontalFlip(p=augment["hflip_p"]))  # expressions are mirror-symmetric
-        if augment.get("rotate_limit", 0):
-            limit = float(augment["rotate_limit"])
-            steps.append(A.Affine(rotate=(-limit, limit), scale=(0.9, 1.1), border_mode=0, fill=0, p=augment.get("rotate_p", 0.5)))
-        if augment.get("brightness", 0) or augment.get("contrast", 0):
-            steps.append(A.RandomBrightnessContrast(augment.get("brightness", 0.0), augment.get("contrast", 0.0), p=0.5))
-    steps.append(A.Resize(input_size, input_size))
-    return A.Compose(steps, seed=seed)
 
 
 TARGETS = ("distribution", "majority", "sample")
@@ -48,7 +34,7 @@ class DistributionDataset(Dataset):
         self.distribution = tensors["distribution"]
         self.image_id = tensors["image_id"]
         self.target = target if train else "distribution"
-        self.transform = face_transforms(input_size, train, augment, seed)
+        self.transform = build_augmentation(input_size, train, augment, seed)
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
         self.rng = np.random.default_rng(seed)

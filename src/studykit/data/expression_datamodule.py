@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import albumentations as A
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from studykit.data.augment import build_augmentation
 from studykit.data.base import IMAGENET_MEAN, IMAGENET_STD, CachedDataModule
 from studykit.data.cache import CacheStatus
 
@@ -60,21 +60,15 @@ def subject_folds(subjects: Sequence[str], n_folds: int) -> dict[str, int]:
     return {s: i % n_folds for i, s in enumerate(unique)}
 
 
-class FourChannelDataset(Dataset):
-    """uint8 (N, C, S, S) tensors -> float (C, input, input): RGB normalized with the backbone's statistics,
-    the landmark channel scaled to [0, 1]; flips and small rotations move both together."""
+class FaceDataset(Dataset):
+    """Face crops, 3-channel RGB or 4-channel RGB + landmark heat map: uint8 (N, C, S, S) tensors -> float
+    (C, input, input), RGB normalized with the backbone's statistics, a landmark channel scaled to [0, 1];
+    flips and small rotations move all channels together."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, ids: list[str], input_size: int, train: bool,
                  augment: dict[str, Any], mean: Sequence[float], std: Sequence[float], seed: int = 0):
         self.images, self.labels, self.image_id = images, labels, ids
-        steps: list[A.BasicTransform] = []
-        if train and augment.get("hflip_p", 0):
-            steps.append(A.HorizontalFlip(p=augment["hflip_p"]))
-        if train and augment.get("rotate_limit", 0):
-            lim = float(augment["rotate_limit"])
-            steps.append(A.Affine(rotate=(-lim, lim), border_mode=0, fill=0, p=augment.get("rotate_p", 0.5)))
-        steps.append(A.Resize(input_size, input_size))
-        self.transform = A.Compose(steps, seed=seed)
+        self.transform = build_augmentation(input_size, train, augment, seed)
         channels = images.shape[1]
         self.mean = torch.tensor(list(mean) + [0.0] * (channels - 3)).view(-1, 1, 1)
         self.std = torch.tensor(list(std) + [1.0] * (channels - 3)).view(-1, 1, 1)
@@ -172,8 +166,8 @@ class ExpressionDataModule(CachedDataModule):
             }
         return self.splits[split]
 
-    def dataset(self, split: str, train: bool | None = None) -> FourChannelDataset:
+    def dataset(self, split: str, train: bool | None = None) -> FaceDataset:
         train = (split == "train") if train is None else train
         data = self.load_split(split)
-        return FourChannelDataset(data["images"], data["labels"], data["image_id"], self.input_size, train, self.augment,
+        return FaceDataset(data["images"], data["labels"], data["image_id"], self.input_size, train, self.augment,
                                   self.mean, self.std, self.seed)

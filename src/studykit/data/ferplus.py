@@ -21,7 +21,7 @@ from tqdm import tqdm
 from studykit.data.cache import CacheStatus, cached_build
 from studykit.data.cxr_landmarks import Issue, read_grey
 from studykit.data.paths import UnsafePathError, data_root, safe_join
-from studykit.utils.io import atomic_torch_save, atomic_write_json, sha256_file
+from studykit.utils.io import atomic_torch_save, atomic_write_json, code_fingerprint, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,7 @@ def prepare_ferplus(
         "dataset": "ferplus", "format_version": FORMAT_VERSION,
         "labels": {s: sha256_file(f / label_file) for s, f in folders.items()},
         "classes": names, "raw_classes": list(raw_classes), "image_size": image_size, "limit_per_split": limit_per_split,
+        "code": code_fingerprint(prepare_ferplus),  # editing the preparation code rebuilds the cache
     }
 
     def build(out: Path) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from studykit.data.augment import build_augmentation
 from studykit.data.base import IMAGENET_MEAN, IMAGENET_STD, CachedDataModule, grey_to_input
 from studykit.data.cache import CacheStatus
 from studykit.data.cxr_landmarks import prepare_cxr_landmarks
@@ -20,25 +21,6 @@ def flip_permutation(num_landmarks: int, pairs: Sequence[Sequence[int]]) -> np.n
     for left, right in pairs:
         perm[left - 1], perm[right - 1] = right - 1, left - 1
     return perm
-
-
-def build_transforms(input_size: int, train: bool, augment: dict[str, Any]) -> A.Compose:
-    steps: list[A.BasicTransform] = []
-    if train:
-        if augment.get("rotate_limit", 0):
-            limit = float(augment["rotate_limit"])
-            steps.append(A.Affine(rotate=(-limit, limit), border_mode=0, fill=0, p=augment.get("rotate_p", 0.5)))
-        if augment.get("brightness", 0) or augment.get("contrast", 0):
-            steps.append(
-                A.RandomBrightnessContrast(
-                    brightness_limit=augment.get("brightness", 0.0),
-                    contrast_limit=augment.get("contrast", 0.0),
-                    p=augment.get("brightness_contrast_p", 0.5),
-                )
-            )
-    steps.append(A.Resize(input_size, input_size))
-    # remove_invisible=False: a rotated point near the border must keep its slot in the (K, 2) target
-    return A.Compose(steps, keypoint_params=A.KeypointParams(format="xy", remove_invisible=False))
 
 
 class LandmarkDataset(Dataset):
@@ -65,7 +47,7 @@ class LandmarkDataset(Dataset):
         self.hflip_p = float(augment.get("hflip_p", 0.0)) if train else 0.0
         self.flip = A.Compose([A.HorizontalFlip(p=1.0)], keypoint_params=A.KeypointParams(format="xy", remove_invisible=False))
         self.perm = flip_permutation(self.landmarks.shape[1], flip_pairs)
-        self.transform = build_transforms(input_size, train, augment)
+        self.transform = build_augmentation(input_size, train, augment, keypoints=True, flip=False)
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
         self.reseed(seed)

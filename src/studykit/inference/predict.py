@@ -176,7 +176,7 @@ def face_rows(inputs: Path, prepare: dict[str, Any], cache_dir: Path) -> dict[st
 
 
 def predict_faces(cfg: DictConfig, run_cfg: DictConfig, nets: list[Net], out: Path, cache_dir: Path) -> dict[str, Any]:
-    from studykit.data.expression_datamodule import FourChannelDataset, face_id
+    from studykit.data.expression_datamodule import FaceDataset, face_id
 
     data = OmegaConf.to_container(run_cfg.data, resolve=True)
     classes = list(run_cfg.task.module.classes)
@@ -185,7 +185,7 @@ def predict_faces(cfg: DictConfig, run_cfg: DictConfig, nets: list[Net], out: Pa
     images = state["four_channel"] if "four_channel" in state else state["face_images"]
     probs = torch.zeros(0, len(classes))
     if kept:
-        dataset = FourChannelDataset(images, torch.zeros(len(kept), dtype=torch.long), [face_id(state, i) for i in kept],
+        dataset = FaceDataset(images, torch.zeros(len(kept), dtype=torch.long), [face_id(state, i) for i in kept],
                                      int(data["input_size"]), False, {}, *normalization(run_cfg))
         probs = softmax_members(nets, dataset, int(cfg.batch_size), bool(cfg.tta))
     position = {row: j for j, row in enumerate(kept)}

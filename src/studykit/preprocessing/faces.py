@@ -21,6 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from studykit.preprocessing.pipeline import StageSpec
 from studykit.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -350,7 +351,7 @@ def crop_resize(state: dict[str, Any], params: dict[str, Any], folder: Path) -> 
     size, padding = int(params.get("size", 512)), int(params.get("padding", 20))
     choice = str(params.get("image", "enhanced"))
     if choice not in ("enhanced", "raw"):
-        raise ValueError(f"adjusted_dataset.image must be enhanced or raw, got {choice!r}")
+        raise ValueError(f"crop_resize.image must be enhanced or raw, got {choice!r}")
     source = state["enhanced"] if choice == "enhanced" and "enhanced" in state else state["images"]
     keep = ok_indices(state)
     images, boxes, points, crops = [], [], [], []
@@ -408,24 +409,13 @@ def four_channel(state: dict[str, Any], params: dict[str, Any], folder: Path) ->
 
 
 STAGES = {
-    "raw_tensors": raw_tensors,
-    "mtcnn_boxes": mtcnn_boxes,
-    "full_frame_boxes": full_frame_boxes,
-    "enhanced_tensors": enhanced_tensors,
-    "landmarks": landmarks,
-    "adjusted_dataset": crop_resize,
-    "four_channel": four_channel,
+    "raw_tensors": StageSpec(raw_tensors, makes=("images",)),
+    "mtcnn_boxes": StageSpec(mtcnn_boxes, needs=("images",), makes=("boxes",), version=2),
+    "full_frame_boxes": StageSpec(full_frame_boxes, needs=("images",), makes=("boxes",)),
+    "enhanced_tensors": StageSpec(enhanced_tensors, needs=("images",), makes=("enhanced",), version=2),
+    "landmarks": StageSpec(landmarks, needs=("images", "boxes"), makes=("landmarks",), version=2),
+    "crop_resize": StageSpec(crop_resize, needs=("images", "boxes"), makes=("face_images",)),
+    "four_channel": StageSpec(four_channel, needs=("face_images", "landmarks"), makes=("four_channel",)),
 }
-
-# what each stage reads from the state and adds to it: preprocess.py checks a configured order before running
-STAGE_NEEDS = {
-    "mtcnn_boxes": ("images",), "full_frame_boxes": ("images",), "enhanced_tensors": ("images",),
-    "landmarks": ("images", "boxes"), "adjusted_dataset": ("images", "boxes"), "four_channel": ("face_images", "landmarks"),
-}
-STAGE_MAKES = {
-    "raw_tensors": {"images"}, "mtcnn_boxes": {"boxes"}, "full_frame_boxes": {"boxes"}, "enhanced_tensors": {"enhanced"},
-    "landmarks": {"landmarks"}, "adjusted_dataset": {"face_images"}, "four_channel": {"four_channel"},
-}
-
-# bumped when a stage's code changes what it writes, so caches made by the old code are rebuilt
-STAGE_VERSIONS = {"mtcnn_boxes": 2, "enhanced_tensors": 2, "landmarks": 2}
+# stage names of runs saved before a rename
+STAGE_ALIASES = {"adjusted_dataset": "crop_resize"}

@@ -1,9 +1,10 @@
 """A chain of cached preprocessing stages.
 
 Each stage is a small function `(state, params, folder) -> outputs` wrapped by one cache: its folder is keyed
-by the hash of its own parameters and of every stage before it, so changing a parameter rebuilds that stage
-and the ones after it, never the ones before; a rerun with the same config only loads; a run killed
-midway resumes at the first stage without a valid manifest (studykit.data.cache).
+by the hash of its own parameters, version and code and of every stage before it, so changing a parameter or
+the stage's code rebuilds that stage and the ones after it, never the ones before; a rerun with the same
+config only loads; a run killed midway resumes at the first stage without a valid manifest
+(studykit.data.cache).
 """
 
 from __future__ import annotations
@@ -15,11 +16,28 @@ from pathlib import Path
 from typing import Any, Callable
 
 from studykit.data.cache import cached_build
-from studykit.utils.io import atomic_torch_save, config_hash, safe_torch_load
+from studykit.utils.io import atomic_torch_save, code_fingerprint, config_hash, safe_torch_load
 
 log = logging.getLogger(__name__)
 
 StageFn = Callable[[dict[str, Any], dict[str, Any], Path], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A preprocessing stage as the pipeline knows it: its function, what it reads from the state and adds to
+    it (a configured order is checked before anything runs), its version (bump when a change of output is
+    not visible in its code, e.g. a library update) and the fingerprint of its code (by default, computed)."""
+
+    fn: StageFn
+    needs: tuple[str, ...] = ()
+    makes: tuple[str, ...] = ()
+    version: int = 1
+    code: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.code:
+            object.__setattr__(self, "code", code_fingerprint(self.fn))
 
 
 @dataclass
@@ -28,7 +46,8 @@ class Stage:
     fn: StageFn
     params: dict[str, Any] = field(default_factory=dict)
     output: str = ""  # the .pt file the outputs are saved to (default: <name>.pt)
-    version: int = 1  # bump when the stage's code changes its output
+    version: int = 1  # bump when the stage's output changes without its code changing
+    code: str = ""  # fingerprint of the stage's code: part of the cache key
 
     @property
     def filename(self) -> str:
@@ -51,7 +70,7 @@ def run_pipeline(stages: list[Stage], cache_root: str | Path, source: dict[str, 
     upstream = config_hash(source)
     results = []
     for stage in stages:
-        key = {"stage": stage.name, "version": stage.version, "params": stage.params, "upstream": upstream}
+        key = {"stage": stage.name, "version": stage.version, "code": stage.code, "params": stage.params, "upstream": upstream}
         start = time.perf_counter()
 
         def build(folder: Path, stage: Stage = stage) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from studykit.data.ferplus import RAW_CLASSES, majority_labels, parse_label_csv, resolve_classes, split_folders
-from studykit.preprocessing.faces import STAGE_MAKES, STAGE_NEEDS, STAGE_VERSIONS, STAGES
+from studykit.preprocessing.faces import STAGE_ALIASES, STAGES
 from studykit.preprocessing.pipeline import Stage, StageResult, run_pipeline
 from studykit.utils.io import atomic_write_json, protect, sha256_file
 
@@ -143,15 +143,18 @@ def write_source_report(cache_dir: Path, source: Source) -> None:
 def build_stages(pipeline: dict[str, Any]) -> list[Stage]:
     """The configured stages in order, checked up front: each stage's inputs must come from an earlier one."""
     stages, made = [], set()
-    for name in pipeline["stages"]:
+    for configured in pipeline["stages"]:
+        name = STAGE_ALIASES.get(configured, configured)
         if name not in STAGES:
-            raise ValueError(f"unknown preprocessing stage {name!r}; stages: {list(STAGES)}")
-        missing = [need for need in STAGE_NEEDS.get(name, ()) if need not in made]
+            raise ValueError(f"unknown preprocessing stage {configured!r}; stages: {list(STAGES)}")
+        spec = STAGES[name]
+        missing = [need for need in spec.needs if need not in made]
         if missing:
             raise ValueError(f"preprocessing stage {name!r} needs {missing}, which no earlier stage in "
                              f"data.prepare.pipeline.stages={list(pipeline['stages'])} makes")
-        made |= STAGE_MAKES.get(name, set())
-        stages.append(Stage(name, STAGES[name], dict(pipeline.get(name) or {}), version=STAGE_VERSIONS.get(name, 1)))
+        made |= set(spec.makes)
+        params = dict(pipeline.get(configured) or pipeline.get(name) or {})
+        stages.append(Stage(name, spec.fn, params, version=spec.version, code=spec.code))
     return stages
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import fcntl
 import hashlib
+import inspect
 import io
 import json
 import os
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,6 +106,31 @@ def config_hash(obj: Any) -> str:
     """Stable hash of a JSON-able config: key order does not matter."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()
+
+
+def code_fingerprint(fn: Callable[..., Any]) -> str:
+    """Hash of the source of `fn` and of every function and class of its module that it uses, transitively:
+    editing any of them changes the fingerprint (and so the cache key of the stages built on `fn`)."""
+    module = sys.modules[fn.__module__]
+    seen: set[Any] = set()
+    queue, sources = [fn], []
+    while queue:
+        obj = queue.pop()
+        if obj in seen:
+            continue
+        seen.add(obj)
+        sources.append(inspect.getsource(obj))
+        codes = [obj.__code__] if inspect.isfunction(obj) else [f.__code__ for f in vars(obj).values() if inspect.isfunction(f)]
+        names: set[str] = set()
+        while codes:
+            code = codes.pop()
+            names |= set(code.co_names)
+            codes += [c for c in code.co_consts if inspect.iscode(c)]
+        for name in names:
+            used = getattr(module, name, None)
+            if (inspect.isfunction(used) or inspect.isclass(used)) and getattr(used, "__module__", None) == fn.__module__:
+                queue.append(used)
+    return hashlib.sha256("\n".join(sorted(sources)).encode()).hexdigest()[:16]
 
 
 @contextmanager

@@ -1,0 +1,41 @@
+"""One augmentation builder for every data module: the same `augment` keys, read the same way.
+
+    hflip_p                 probability of a horizontal flip (landmark data sets flip in the dataset instead,
+                            where left/right pairs are swapped: pass flip=False)
+    rotate_limit, rotate_p  rotation by up to +-rotate_limit degrees, with probability rotate_p (default 0.5)
+    scale                   [lo, hi] zoom drawn with the rotation (null: none)
+    brightness, contrast    limits of a random brightness/contrast change, with probability brightness_contrast_p
+                            (default 0.5)
+Then a resize to the input size. Training only: evaluation gets the resize alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import albumentations as A
+
+KEYS = {"hflip_p", "rotate_limit", "rotate_p", "scale", "brightness", "contrast", "brightness_contrast_p"}
+
+
+def build_augmentation(input_size: int, train: bool, augment: dict[str, Any], seed: int | None = None,
+                       keypoints: bool = False, flip: bool = True) -> A.Compose:
+    unknown = sorted(set(augment) - KEYS)
+    if unknown:
+        raise ValueError(f"unknown data.augment keys {unknown}; known: {sorted(KEYS)}")
+    steps: list[A.BasicTransform] = []
+    if train:
+        if flip and augment.get("hflip_p", 0):
+            steps.append(A.HorizontalFlip(p=float(augment["hflip_p"])))
+        if augment.get("rotate_limit", 0):
+            limit = float(augment["rotate_limit"])
+            zoom = {"scale": tuple(float(v) for v in augment["scale"])} if augment.get("scale") else {}
+            steps.append(A.Affine(rotate=(-limit, limit), **zoom, border_mode=0, fill=0, p=float(augment.get("rotate_p", 0.5))))
+        if augment.get("brightness", 0) or augment.get("contrast", 0):
+            steps.append(A.RandomBrightnessContrast(brightness_limit=float(augment.get("brightness", 0.0)),
+                                                    contrast_limit=float(augment.get("contrast", 0.0)),
+                                                    p=float(augment.get("brightness_contrast_p", 0.5))))
+    steps.append(A.Resize(input_size, input_size))
+    # remove_invisible=False: a rotated point near the border must keep its slot in the (K, 2) target
+    extra = {"keypoint_params": A.KeypointParams(format="xy", remove_invisible=False)} if keypoints else {}
+    return A.Compose(steps, seed=seed, **extra)
