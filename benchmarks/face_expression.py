@@ -27,6 +27,15 @@ from studykit.preprocessing.run import preprocess_faces
 RESULTS = ROOT / "benchmarks" / "results" / "face_expression.json"
 
 
+def report_numbers(rep: dict) -> dict:
+    """What BENCHMARKS.md cites from a classification test report: the suite's scalars and per-class F1."""
+    keys = ("accuracy", "balanced_accuracy", "f1_macro", "f1_micro", "precision_macro", "recall_macro", "cohen_kappa",
+            "matthews_corrcoef", "roc_auc_ovr", "log_loss", "n_samples")
+    return {**{k: rep[k] for k in keys if k in rep},
+            "per_class_f1": {name: row["f1"] for name, row in rep.get("per_class", {}).items()},
+            "per_class_support": {name: row.get("support") for name, row in rep.get("per_class", {}).items()}}
+
+
 def train_folds(args) -> None:
     """JAFFE expression accuracy, subject-independent: one run per test fold (validation on the next fold)."""
     results = load_results(args.results, {})
@@ -36,8 +45,8 @@ def train_folds(args) -> None:
         run = run_train(["experiment=jaffe_expression", f"model={args.model}", f"data.test_fold={fold}",
                          f"data.val_fold={(fold + 1) % n_folds}", "seed=42", *args.extra], RUNS / f"jaffe-{args.model}-fold{fold}")
         rep = run["report"]
-        folds[str(fold)] = {"accuracy": rep["accuracy"], "f1_macro": rep["f1_macro"], "n_samples": rep["n_samples"],
-                            "epochs": run["epochs"], "seconds_per_epoch": run["seconds_per_epoch"], "command": run["command"]}
+        folds[str(fold)] = {**report_numbers(rep), "epochs": run["epochs"], "seconds_per_epoch": run["seconds_per_epoch"],
+                            "command": run["command"]}
         print(f"fold {fold}: accuracy {rep['accuracy']:.3f}, macro-F1 {rep['f1_macro']:.3f} on {rep['n_samples']} images", flush=True)
     done = [folds[str(f)] for f in range(n_folds) if str(f) in folds]
     results["jaffe_model"] = args.model
@@ -58,7 +67,7 @@ def train_ferplus(args) -> None:
     rep = run["report"]
     results["ferplus"] = {
         "model": args.ferplus_model, "pretrained": run["pretrained"],
-        **{k: rep[k] for k in ("accuracy", "balanced_accuracy", "f1_macro", "f1_micro", "cohen_kappa", "n_samples") if k in rep},
+        **report_numbers(rep),
         "epochs": run["epochs"], "seconds_per_epoch": run["seconds_per_epoch"], "train_seconds": run["train_seconds"],
         "command": run["command"], "note": args.note, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

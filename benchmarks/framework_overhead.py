@@ -65,7 +65,8 @@ class StepTimer(L.Callback):
 def make_module(seed: int) -> LandmarkModule:
     torch.manual_seed(seed)
     module = LandmarkModule(BACKBONE, HEAD, loss=WingLoss())
-    module.set_stage({"freeze_backbone": False, "epochs": 1, "optimizer": {"name": "adam", "lr": 2e-4, "backbone_lr": 2e-5}})
+    module.set_stage({"freeze_backbone": False, "epochs": 1,
+                      "optimizer": {"_target_": "torch.optim.Adam", "lr": 2e-4, "backbone_lr": 2e-5}})
     return module
 
 
