@@ -107,3 +107,58 @@ def test_tasks_are_registered_by_name_and_found_from_configs(tmp_path):
         assert task_of(cfg) is get_task(name)
     with pytest.raises(KeyError, match="unknown task 'pose'"):
         get_task("pose")
+
+
+def module_imports() -> dict[str, set[str]]:
+    """studykit module -> the studykit modules it imports at module level (imports inside functions excluded)."""
+    import ast
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    graph = {}
+    for path in (src / "studykit").rglob("*.py"):
+        name = ".".join(path.relative_to(src).with_suffix("").parts).removesuffix(".__init__")
+        deps = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("studykit"):
+                deps |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.startswith("studykit")}
+        graph[name] = deps
+    return {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A path m1 -> m2 -> ... -> m1 in the import graph, or None (a package importing its own submodules
+    does not count: that is how a package exposes them)."""
+    state: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> list[str] | None:
+        state[module] = 1
+        for dep in sorted(graph[module]):
+            if dep.startswith(module + "."):
+                continue
+            if state.get(dep) == 1:
+                return path[path.index(dep):] + [dep]
+            if dep not in state:
+                found = visit(dep, path + [dep])
+                if found:
+                    return found
+        state[module] = 2
+        return None
+
+    for module in sorted(graph):
+        if module not in state:
+            found = visit(module, [module])
+            if found:
+                return found
+    return None
+
+
+def test_no_import_cycles_between_studykit_modules():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"p": {"p.x"}, "p.x": set()}) is None
+    graph = module_imports()
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+    # evaluation and models no longer import each other
+    assert not any(d.startswith("studykit.models") for d in graph["studykit.evaluation.runner"])
+    assert not any(d.startswith("studykit.evaluation") for m in graph if m.startswith("studykit.models") for d in graph[m])
