@@ -96,7 +96,7 @@ def main() -> None:
     if args.ferplus or args.train_folds:
         return
 
-    data = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "data" / "jaffe.yaml")["prepare"], resolve=False)
+    data = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "data" / "jaffe.yaml")["data"]["prepare"], resolve=False)
     root = Path(args.data_root) / "jaffe" / "jaffe_db"
     if args.cache_dir.exists():
         shutil.rmtree(args.cache_dir)  # a cold start: every stage is built

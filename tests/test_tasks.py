@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from omegaconf import open_dict
 from studykit.evaluation.runner import LoadedRun, evaluate, summary_line
 from studykit.tasks import TASKS, get_task, task_of
 from studykit.training.run import train
-from tests.conftest import TINY_CXR, compose_cfg
+from tests.conftest import ROOT, TINY_CXR, compose_cfg
 
 QUICK = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "callbacks.progress=null", "trainer.enable_model_summary=false"]
 TASK_RUNS = {
@@ -79,6 +81,11 @@ def test_every_evaluate_mode_serves_every_task(task_sweep, tmp_path):
     assert sorted(r["seeds"] for r in sweep["configurations"]) == [1, 2]
     assert sweep["paired_test_best_two"]["n"] == n
     assert primary in summary_line(sweep)
+    # the same through the command line, as a user runs it
+    cli = subprocess.run([sys.executable, "evaluate.py", f"sweep={folder}", f"output_dir={tmp_path / 'cli'}", f"paths.cache_dir={cache}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert f"{primary} " in cli.stdout and "over 2 seeds" in cli.stdout
 
     # compare: a paired per-sample test of two runs
     paired = run_evaluate([f"compare=[{members[0]},{members[2]}]", f"output_dir={tmp_path / 'cmp'}"], tmp_path, cache)
