@@ -4,6 +4,10 @@ with --against COMMIT, also checks that every metric equals the one recorded for
 
     python benchmarks/same_results.py                      # record this commit's metrics
     python benchmarks/same_results.py --against a4147fd    # record, then compare with an earlier record
+    python benchmarks/same_results.py --compare 19545d7 a4147fd   # compare two stored records, no training
+
+Run each record from a checkout of its commit, with that checkout's own code on the path (an editable install
+points at one checkout: `PYTHONPATH=<checkout>/src`).
 """
 
 from __future__ import annotations
@@ -36,10 +40,35 @@ def numbers(report: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def compare(new: dict, old: dict) -> dict[str, list[str]]:
+    """Per case, the metrics whose values differ (or exist in one record only)."""
+    diffs = {}
+    for name, case in new.items():
+        before, after = old[name]["metrics"], case["metrics"]
+        keys = sorted(set(before) | set(after))
+        diffs[name] = [k for k in keys if not math.isclose(before.get(k, math.nan), after.get(k, math.nan), rel_tol=1e-6, abs_tol=1e-9)]
+    return diffs
+
+
+def report(results: dict, label: str, diffs: dict[str, list[str]]) -> None:
+    results["comparisons"] = {**results.get("comparisons", {}), label: diffs}
+    save_results(RESULTS, results)
+    for name, keys in diffs.items():
+        print(f"{name}: {'same metrics' if not keys else 'DIFFERENT: ' + ', '.join(keys)}")
+    if any(diffs.values()):
+        sys.exit(1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--against", help="a commit whose recorded metrics these must equal")
+    parser.add_argument("--compare", nargs=2, metavar=("NEW", "OLD"), help="compare two stored records without training")
     args = parser.parse_args()
+    if args.compare:
+        results = load_results(RESULTS, {"commits": {}})
+        new, old = (results["commits"][c]["cases"] for c in args.compare)
+        report(results, f"{args.compare[0]} vs {args.compare[1]}", compare(new, old))
+        return
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
     results = load_results(RESULTS, {"commits": {}})
     record = {}
@@ -53,17 +82,7 @@ def main() -> None:
         base = results["commits"].get(args.against)
         if base is None:
             sys.exit(f"no record for commit {args.against} in {RESULTS}; run this script at that commit first")
-        diffs = {}
-        for name, case in record.items():
-            before = base["cases"][name]["metrics"]
-            keys = sorted(set(before) | set(case["metrics"]))
-            diffs[name] = [k for k in keys if not math.isclose(before.get(k, math.nan), case["metrics"].get(k, math.nan), rel_tol=1e-6, abs_tol=1e-9)]
-        results["comparisons"] = {**results.get("comparisons", {}), f"{commit} vs {args.against}": diffs}
-        save_results(RESULTS, results)
-        for name, keys in diffs.items():
-            print(f"{name}: {'same metrics' if not keys else 'DIFFERENT: ' + ', '.join(keys)}")
-        if any(diffs.values()):
-            sys.exit(1)
+        report(results, f"{commit} vs {args.against}", compare(record, base["cases"]))
         return
     save_results(RESULTS, results)
     print(f"recorded {commit}: " + ", ".join(f"{n} {len(c['metrics'])} numbers" for n, c in record.items()))
