@@ -95,3 +95,25 @@ def test_missing_data_root_is_named(make_cfg, tmp_path):
     cfg.data.root = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="nowhere"):
         build_datamodule(cfg).prepare_data()
+
+
+def test_a_resumed_run_that_completes_is_no_longer_marked_failed(tmp_path):
+    """A member that failed once leaves failure.json (ensembles and sweep summaries skip such folders); once it
+    is resumed and completes, the marker goes, so the finished member counts again."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from studykit.evaluation.files import sweep_members
+    from studykit.utils.hydra_callbacks import SweepReport
+
+    run = tmp_path / "sweep" / "0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config_resolved.yaml").write_text("seed: 1\n")
+    (run / "failure.json").write_text('{"error": "killed"}')
+    hydra_cfg = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(run)}, "job": {"num": 0}, "mode": RunMode.RUN,
+                                            "sweep": {"dir": str(tmp_path / "sweep")}}})
+    with pytest.raises(FileNotFoundError):
+        sweep_members(tmp_path / "sweep")
+    SweepReport().on_job_end(hydra_cfg, JobReturn(overrides=["seed=1"], hydra_cfg=hydra_cfg, status=JobStatus.COMPLETED, _return_value=3.2))
+    assert not (run / "failure.json").exists() and sweep_members(tmp_path / "sweep") == [run]

@@ -47,6 +47,8 @@ class SweepReport(Callback):
             atomic_write_json(output_dir / "failure.json", {"error": status["error"], "traceback": tb})
             log.error("job %s failed: %s", status["overrides"], status["error"])
         else:
+            # a run that failed once and was resumed to the end is no longer a failure
+            (output_dir / "failure.json").unlink(missing_ok=True)
             value = job_return._return_value
             status["return_value"] = value if isinstance(value, (int, float, str, type(None))) else repr(value)
         atomic_write_json(output_dir / STATUS_FILE, status)
