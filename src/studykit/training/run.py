@@ -31,7 +31,8 @@ def normalization(cfg: DictConfig) -> tuple[list[float], list[float]]:
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     """The data module, normalising images as the model asks (the data config holds no statistics)."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    data.pop("mean", None), data.pop("std", None)  # runs saved before the model owned normalisation
+    for key in ("mean", "std"):  # runs saved before the model owned normalisation have them in data
+        data.pop(key, None)
     if "model" not in cfg:  # prepare.py: building the cache needs no normalisation
         return instantiate(data)
     mean, std = normalization(cfg)
