@@ -26,11 +26,12 @@ CONFIGS = {
     # the seed project's two-phase protocol (experiment=cxr_seed_protocol)
     "efficientnet_lite0-complete": ["experiment=cxr_seed_protocol"],
     # the recipe search for the main job (experiment=cxr_complete): one change at a time
-    "main-lite0-mlp": ["experiment=cxr_complete", "model/head=mlp_light"],
-    "main-lite0-heatmap": ["experiment=cxr_complete", "model/head=heatmap"],
+    # (45 epochs: the recipe's length when these ran; the main job now runs 70, chosen below)
+    "main-lite0-mlp": ["experiment=cxr_complete", "model/head=mlp_light", "phase.stages.finetune.epochs=45"],
+    "main-lite0-heatmap": ["experiment=cxr_complete", "model/head=heatmap", "phase.stages.finetune.epochs=45"],
     "main-lite0-heatmap-299px": ["experiment=cxr_complete", "model/head=heatmap", "data.input_size=299", "phase.stages.finetune.epochs=30"],
     "main-lite0-mlp-299px": ["experiment=cxr_complete", "model/head=mlp_light", "data.input_size=299", "phase.stages.finetune.epochs=30"],
-    "main-lite0-heatmap-bf16": ["experiment=cxr_complete", "model/head=heatmap", "hardware.precision=bf16-mixed"],
+    "main-lite0-heatmap-bf16": ["experiment=cxr_complete", "model/head=heatmap", "hardware.precision=bf16-mixed", "phase.stages.finetune.epochs=45"],
     # an undisturbed epoch (training + validation) takes ~33 s: 70 epochs still fit the 45-minute budget
     "main-lite0-heatmap-70ep": ["experiment=cxr_complete", "model/head=heatmap", "phase.stages.finetune.epochs=70"],
 }

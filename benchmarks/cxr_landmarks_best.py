@@ -30,8 +30,10 @@ from studykit.evaluation.stats import mean_std, paired_test
 
 RESULTS = ROOT / "benchmarks" / "results" / "cxr_landmarks_best.json"
 CONFIGS = {
-    "lite0-heatmap": ["experiment=cxr_complete", "model/head=heatmap"],  # the main job's recipe
-    "lite0-mlp": ["experiment=cxr_complete", "model/head=mlp_light"],
+    # the main job's recipe at 45 epochs (its length when these members started; seeds must share it)
+    "lite0-heatmap": ["experiment=cxr_complete", "model/head=heatmap", "phase.stages.finetune.epochs=45"],
+    "lite0-mlp": ["experiment=cxr_complete", "model/head=mlp_light", "phase.stages.finetune.epochs=45"],
+    "lite0-heatmap-70ep": ["experiment=cxr_complete", "model/head=heatmap"],  # the main job as it is now
 }
 
 
