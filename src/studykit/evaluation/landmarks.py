@@ -57,12 +57,5 @@ def error_report(pred_px: torch.Tensor, target_px: torch.Tensor, category: torch
     return metric.report()
 
 
-def ensemble_mean(member_preds: Sequence[torch.Tensor]) -> torch.Tensor:
-    shapes = {tuple(p.shape) for p in member_preds}
-    if len(shapes) != 1:
-        raise ValueError(f"ensemble members predict different shapes: {sorted(shapes)}")
-    return torch.stack(list(member_preds)).mean(0)
-
-
 def flip_perm_for(num_landmarks: int, pairs: Sequence[Sequence[int]]) -> np.ndarray:
     return flip_permutation(num_landmarks, pairs)
