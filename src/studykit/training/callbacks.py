@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from pathlib import Path
 
 import lightning as L
@@ -15,7 +16,8 @@ class LossHistory(L.Callback):
     """Per-epoch train and validation loss (and every other epoch metric) appended to `history.csv`.
 
     One file per run across phases; the `stage` column tells them apart. Rewritten atomically each epoch,
-    so an interrupted run keeps the history up to its last finished epoch.
+    so an interrupted run keeps the history up to its last finished epoch. `epoch_seconds` (training and
+    validation of the epoch) lets a run resumed across sessions report its whole time (`stage_seconds`).
     """
 
     def __init__(self, filename: str = "history.csv"):
@@ -32,6 +34,7 @@ class LossHistory(L.Callback):
         return self
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.epoch_start = time.perf_counter()
         # the learning rates this epoch trains with (an epoch scheduler steps before on_train_epoch_end)
         self.epoch_lrs = {
             f"lr_{g.get('name', i)}": g["lr"] for opt in trainer.optimizers for i, g in enumerate(opt.param_groups)
@@ -44,7 +47,8 @@ class LossHistory(L.Callback):
         lrs = getattr(self, "epoch_lrs", {})
         # rows are keyed by (stage, epoch): a resumed run overwrites the epoch it redoes
         self.rows = [r for r in self.rows if not (r.get("stage") == self.stage and int(r["epoch"]) == trainer.current_epoch)]
-        self.rows.append({"stage": self.stage, "epoch": trainer.current_epoch, **metrics, **lrs})
+        seconds = time.perf_counter() - getattr(self, "epoch_start", time.perf_counter())
+        self.rows.append({"stage": self.stage, "epoch": trainer.current_epoch, **metrics, **lrs, "epoch_seconds": seconds})
         self.write()
 
     def write(self) -> None:
@@ -58,3 +62,14 @@ class LossHistory(L.Callback):
         writer.writeheader()
         writer.writerows(self.rows)
         atomic_write_text(self.path, buf.getvalue())
+
+
+def stage_seconds(history: Path, stage: str) -> float | None:
+    """The summed `epoch_seconds` of a stage in history.csv - over every process that trained it - or None
+    where an epoch lacks the column (histories written before it existed)."""
+    if not history.is_file():
+        return None
+    rows = [r for r in csv.DictReader(history.open()) if r.get("stage") == stage]
+    if not rows or any(not r.get("epoch_seconds") for r in rows):
+        return None
+    return sum(float(r["epoch_seconds"]) for r in rows)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from studykit.config import check_pairing
 from studykit.tasks import task_of
-from studykit.training.callbacks import LossHistory
+from studykit.training.callbacks import LossHistory, stage_seconds
 from studykit.utils.io import atomic_write_json, atomic_write_text, safe_torch_load
 from studykit.utils.run_info import save_run_info
 
@@ -198,7 +198,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         except FloatingPointError as err:
             kept = checkpoint.last_model_path or checkpoint.best_model_path if checkpoint is not None else None
             raise FloatingPointError(f"{err}; last good checkpoint: {kept or 'none saved yet'}") from err
-        seconds = time.perf_counter() - start
+        # a resumed stage: the epochs of earlier processes count too (history.csv keeps their times)
+        seconds = stage_seconds(run_dir / "history.csv", stage) or (time.perf_counter() - start)
         finish_loggers(trainer)
         epochs_run = trainer.current_epoch if not trainer.fast_dev_run else 1
         best_path = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
