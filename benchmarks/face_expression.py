@@ -2,12 +2,15 @@
 
     python benchmarks/face_expression.py [--cache-dir /tmp/face_bench_cache]   # each preprocessing stage on JAFFE
     python benchmarks/face_expression.py --train-folds 0,1,2,3,4               # JAFFE subject-independent accuracy
+    python benchmarks/face_expression.py --train-folds 0,1,2,3,4 --jaffe-weights RUN/checkpoints/finetune/best.ckpt \
+        --jaffe-channels 3 data.input_size=64                                  # from FER+ weights, face channels only
     python benchmarks/face_expression.py --ferplus                             # FER+ majority-label test accuracy
 
 The first writes the "preprocessing" section (images per second of each stage, cached rerun time); the folds
-write "jaffe_folds" and, once all five are measured, jaffe_subject_independent_accuracy (pooled over the 213
-images) and jaffe_subject_independent_f1_macro (mean over folds); --ferplus writes "ferplus" and
-ferplus_test_accuracy. Extra Hydra overrides after the options go to every training run.
+write "jaffe_variants"/<variant> (per fold, and once all five are measured the accuracy pooled over the 213
+images, mean macro-F1 and mean validation accuracy); jaffe_subject_independent_accuracy is the complete variant
+with the best validation accuracy; --ferplus writes "ferplus_runs"/<run> and, for the run with the best
+validation accuracy, "ferplus" and ferplus_test_accuracy. Extra Hydra overrides after the options go to every training run.
 """
 
 from __future__ import annotations
@@ -36,45 +39,83 @@ def report_numbers(rep: dict) -> dict:
             "per_class_support": {name: row.get("support") for name, row in rep.get("per_class", {}).items()}}
 
 
+JAFFE_FOUR_CHANNEL_STAGES = ["raw_tensors", "mtcnn_boxes", "enhanced_tensors", "landmarks", "crop_resize", "four_channel"]
+
+
+def jaffe_variant(args) -> tuple[str, list[str]]:
+    """The variant's name and its overrides: ImageNet or FER+-trained backbone (a studykit checkpoint, its stem
+    adapted to the channels), 3 channels (the face) or 4 (face + landmark heat map)."""
+    weights = "ferplus" if args.jaffe_weights else "imagenet"
+    overrides = []
+    if args.jaffe_weights:
+        # ++: add the path where the model config names none (a package source has package/resource instead)
+        overrides += ["model.backbone.pretrained.source=file", f"++model.backbone.pretrained.path={Path(args.jaffe_weights).resolve()}",
+                      "++model.backbone.pretrained.key_map=studykit"]
+    if args.jaffe_channels == 3:
+        overrides.append("data.prepare.pipeline.stages=[" + ",".join(JAFFE_FOUR_CHANNEL_STAGES[:-1]) + "]")
+    return args.variant or f"{args.model}-{weights}-{args.jaffe_channels}ch", overrides
+
+
 def train_folds(args) -> None:
-    """JAFFE expression accuracy, subject-independent: one run per test fold (validation on the next fold)."""
+    """JAFFE expression accuracy, subject-independent: one run per test fold (validation on the next fold),
+    per variant; the headline is the complete variant with the best mean validation accuracy."""
     results = load_results(args.results, {})
-    folds = results.setdefault("jaffe_folds", {})
+    variant, overrides = jaffe_variant(args)
+    entry = results.setdefault("jaffe_variants", {}).setdefault(variant, {"folds": {}})
+    entry.update({"model": args.model, "weights": args.jaffe_weights or "imagenet", "channels": args.jaffe_channels,
+                  "overrides": overrides + args.extra, "note": args.note})
+    folds = entry["folds"]
     n_folds = 5
     for fold in (int(f) for f in args.train_folds.split(",")):
         run = run_train(["experiment=jaffe_expression", f"model={args.model}", f"data.test_fold={fold}",
-                         f"data.val_fold={(fold + 1) % n_folds}", "seed=42", *args.extra], RUNS / f"jaffe-{args.model}-fold{fold}")
+                         f"data.val_fold={(fold + 1) % n_folds}", "seed=42", *overrides, *args.extra],
+                        RUNS / f"jaffe-{variant}-fold{fold}")
         rep = run["report"]
-        folds[str(fold)] = {**report_numbers(rep), "epochs": run["epochs"], "seconds_per_epoch": run["seconds_per_epoch"],
-                            "command": run["command"]}
-        print(f"fold {fold}: accuracy {rep['accuracy']:.3f}, macro-F1 {rep['f1_macro']:.3f} on {rep['n_samples']} images", flush=True)
+        stages = run["summary"]["stages"]
+        folds[str(fold)] = {**report_numbers(rep), "val_accuracy": stages[list(stages)[-1]]["best_score"],
+                            "epochs": run["epochs"], "seconds_per_epoch": run["seconds_per_epoch"], "command": run["command"]}
+        print(f"{variant} fold {fold}: accuracy {rep['accuracy']:.3f}, macro-F1 {rep['f1_macro']:.3f} on {rep['n_samples']} images", flush=True)
+        save_results(args.results, results)
     done = [folds[str(f)] for f in range(n_folds) if str(f) in folds]
-    results["jaffe_model"] = args.model
-    results["jaffe_folds_measured"] = len(done)
-    if len(done) == n_folds:  # the headline number only once every subject has been tested
+    entry["folds_measured"] = len(done)
+    if len(done) == n_folds:  # pooled only once every subject has been tested
         n = sum(d["n_samples"] for d in done)
-        results["jaffe_subject_independent_accuracy"] = sum(d["accuracy"] * d["n_samples"] for d in done) / n
-        results["jaffe_subject_independent_f1_macro"] = sum(d["f1_macro"] for d in done) / n_folds
+        entry["accuracy"] = sum(d["accuracy"] * d["n_samples"] for d in done) / n
+        entry["f1_macro"] = sum(d["f1_macro"] for d in done) / n_folds
+        entry["val_accuracy"] = sum(d["val_accuracy"] for d in done) / n_folds
+    complete = {k: v for k, v in results["jaffe_variants"].items() if v.get("val_accuracy") is not None}
+    if complete:
+        chosen = max(complete, key=lambda k: complete[k]["val_accuracy"])
+        results.update({"jaffe_chosen_variant": chosen, "jaffe_chosen_by": "mean validation accuracy over the 5 folds",
+                        "jaffe_subject_independent_accuracy": complete[chosen]["accuracy"],
+                        "jaffe_subject_independent_f1_macro": complete[chosen]["f1_macro"]})
     results["machine"] = machine()
     save_results(args.results, results)
 
 
 def train_ferplus(args) -> None:
-    """FER+ 8-emotion majority-label accuracy on FER2013Test (the images the majority rule keeps)."""
+    """FER+ 8-emotion majority-label accuracy on FER2013Test (the images the majority rule keeps): one entry
+    per run under "ferplus_runs"; "ferplus" (and ferplus_test_accuracy) is the run with the best validation
+    accuracy."""
     results = load_results(args.results, {})
-    run = run_train(["experiment=ferplus_expression", f"model={args.ferplus_model}", "seed=42", *args.extra],
-                    RUNS / f"ferplus-expression-{args.ferplus_model}")
+    name = f"ferplus-expression-{args.ferplus_model}" + (f"-{args.variant}" if args.variant else "")
+    run = run_train(["experiment=ferplus_expression", f"model={args.ferplus_model}", "seed=42", *args.extra], RUNS / name)
     rep = run["report"]
-    results["ferplus"] = {
-        "model": args.ferplus_model, "pretrained": run["pretrained"],
+    runs = results.setdefault("ferplus_runs", {})
+    runs[name] = {
+        "model": args.ferplus_model, "pretrained": run["pretrained"], "run_dir": str((RUNS / name).relative_to(ROOT)),
+        "val_accuracy": run["summary"]["stages"][list(run["summary"]["stages"])[-1]]["best_score"],
         **report_numbers(rep),
         "epochs": run["epochs"], "seconds_per_epoch": run["seconds_per_epoch"], "train_seconds": run["train_seconds"],
         "command": run["command"], "note": args.note, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    results["ferplus_test_accuracy"] = rep["accuracy"]
-    results["machine"] = machine()
+    validated = {k: v for k, v in runs.items() if v.get("val_accuracy") is not None}
+    chosen = max(validated, key=lambda k: validated[k]["val_accuracy"])
+    results.update({"ferplus": {"run": chosen, "chosen_by": "validation accuracy (FER2013Valid)", **runs[chosen]},
+                    "ferplus_test_accuracy": runs[chosen]["accuracy"], "machine": machine()})
     save_results(args.results, results)
-    print(f"FER+ test: accuracy {rep['accuracy']:.4f}, macro-F1 {rep['f1_macro']:.4f} on {rep['n_samples']} images", flush=True)
+    print(f"FER+ {name} test: accuracy {rep['accuracy']:.4f}, balanced {rep['balanced_accuracy']:.4f}, macro-F1 {rep['f1_macro']:.4f} "
+          f"on {rep['n_samples']} images; chosen by validation: {chosen}", flush=True)
 
 
 def main() -> None:
@@ -84,6 +125,9 @@ def main() -> None:
     parser.add_argument("--note", default="")
     parser.add_argument("--train-folds", default="", help="e.g. 0,1,2,3,4: train and test JAFFE subject-independently on these test folds")
     parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--jaffe-weights", default="", help="a studykit checkpoint (e.g. the FER+ run's best.ckpt) to start JAFFE from")
+    parser.add_argument("--jaffe-channels", type=int, choices=(3, 4), default=4, help="4: the face + its landmark heat map")
+    parser.add_argument("--variant", default="", help="names the run: the JAFFE variant (default: model-weights-channels) or the FER+ run's suffix")
     parser.add_argument("--ferplus", action="store_true", help="train and test FER+ majority-label classification")
     parser.add_argument("--ferplus-model", default="resnet18")
     parser.add_argument("--results", type=Path, default=RESULTS)

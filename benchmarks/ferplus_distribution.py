@@ -1,13 +1,19 @@
 """FER+ label-distribution benchmark, tested on FER2013Test against the annotators' votes; writes
 benchmarks/results/ferplus_distribution.json.
 
-Losses: one network trained with each loss (mse, l1, kl) on the 8-emotion vote distributions: one object per
-loss (kl, tvd, emd, accuracy, ...) and seconds per epoch.
-Schemes (the FER+ paper's comparison): the same network and loss (cross-entropy) trained on the majority label,
-on the vote distribution, and on a label drawn from the votes at every access, with several seeds: per scheme
-every metric as mean +- std over seeds, and paired tests over the test images between the best two schemes
-(per-image KL and per-image correctness of the majority class, each averaged over the seeds). Runs finished
-earlier are reused, a stopped one resumes from its last checkpoint.
+Losses: one network trained with each loss (mse, l1, kl) on the 8-emotion vote distributions: per loss
+(kl, tvd, emd, accuracy, ...) over the seeds, and seconds per epoch.
+Schemes (the FER+ paper's comparison): the same network trained on the majority label (cross-entropy), on the
+vote distribution (KL(votes || p): the same gradients as the paper's cross-entropy on the votes, which differs
+from it by the votes' constant entropy), and on a label drawn from the votes at every access (cross-entropy),
+with several seeds: per scheme every metric as mean +- std over seeds, and paired tests over the test images
+between the best two schemes (per-image KL and per-image correctness of the majority class, each averaged over
+the seeds).
+
+Every run is one (model, loss, training target, seed) under benchmarks/runs/ferplus-dist/, so the distribution
+scheme's runs are the KL runs of the loss comparison too. Runs finished earlier are reused, a stopped one
+resumes from its last checkpoint; extra Hydra overrides (the recipe) are not part of the run's name: keep them
+the same across calls that share runs.
 
     python benchmarks/ferplus_distribution.py                  # the three losses, experiment defaults
     python benchmarks/ferplus_distribution.py --losses kl --model efficientnet_lite0
@@ -33,6 +39,28 @@ QUICK = ["data.prepare.limit_per_split={train:256,val:64,test:64}", "trainer.max
 
 
 METRICS = ("kl", "tvd", "emd", "accuracy", "mse", "cross_entropy")
+SCHEME_LOSS = {"majority": "ce", "distribution": "kl", "sample": "ce"}
+
+
+def train_one(args, loss: str, target: str, seed: int) -> tuple[Path, dict]:
+    """One (model, loss, training target, seed) run, trained or reused."""
+    name = f"{args.model}-{loss}-{target}-seed{seed}"
+    run_dir = RUNS / ("quick-ferplus-dist" if args.quick else "ferplus-dist") / name
+    run = run_train(["experiment=ferplus_distribution", f"model={args.model}", f"loss={loss}", f"data.train_target={target}",
+                     f"seed={seed}", *(QUICK if args.quick else []), *args.extra], run_dir)
+    print(f"{name}: KL {run['report']['kl']:.4f} TVD {run['report']['tvd']:.4f} EMD {run['report']['emd']:.4f} "
+          f"acc {run['report']['accuracy']:.4f}", flush=True)
+    return run_dir, run
+
+
+def over_seeds(runs: dict[int, dict]) -> dict:
+    """Per seed: the metrics, epochs, s/epoch and command; then every metric as mean +- std over the seeds."""
+    return {
+        "seeds": {str(seed): {**{k: run["report"][k] for k in METRICS}, "epochs": run["epochs"],
+                              "seconds_per_epoch": run["seconds_per_epoch"], "command": run["command"]}
+                  for seed, run in runs.items()},
+        **{k: mean_std(run["report"][k] for run in runs.values()) for k in METRICS},
+    }
 
 
 def per_image_correct(run_dir: Path) -> tuple[list[str], np.ndarray]:
@@ -51,27 +79,17 @@ def compare_schemes(args) -> None:
     seeds = [int(x) for x in args.seeds.split(",")]
     per_image: dict[str, dict[str, np.ndarray]] = {}
     for scheme in args.schemes.split(","):
-        runs = {}
-        for seed in seeds:
-            name = f"ferplus-scheme-{args.model}-{scheme}"
-            run_dir = RUNS / ("quick-" + name if args.quick else name) / f"seed{seed}"
-            run = run_train(["experiment=ferplus_distribution", f"model={args.model}", "loss=ce", f"data.train_target={scheme}",
-                             f"seed={seed}", *(QUICK if args.quick else []), *args.extra], run_dir)
-            runs[seed] = (run_dir, run)
-            print(f"{scheme} seed {seed}: KL {run['report']['kl']:.4f} acc {run['report']['accuracy']:.4f}", flush=True)
-        reports = {seed: run["report"] for seed, (_, run) in runs.items()}
-        section[scheme] = {
-            "seeds": {str(seed): {**{k: r[k] for k in METRICS}, "epochs": runs[seed][1]["epochs"],
-                                  "seconds_per_epoch": runs[seed][1]["seconds_per_epoch"], "command": runs[seed][1]["command"]}
-                      for seed, r in reports.items()},
-            **{k: mean_std(r[k] for r in reports.values()) for k in METRICS},
-            "model": args.model, "loss": "ce", "train_target": scheme, "quick": args.quick,
-        }
+        if scheme not in SCHEME_LOSS:
+            raise SystemExit(f"unknown scheme {scheme!r}; choose from {sorted(SCHEME_LOSS)}")
+        runs = {seed: train_one(args, SCHEME_LOSS[scheme], scheme, seed) for seed in seeds}
+        section[scheme] = {**over_seeds({seed: run for seed, (_, run) in runs.items()}),
+                           "model": args.model, "loss": SCHEME_LOSS[scheme], "train_target": scheme, "quick": args.quick}
         kl = [read_per_sample(run_dir / "test_per_sample.csv") for run_dir, _ in runs.values()]
         correct = [per_image_correct(run_dir) for run_dir, _ in runs.values()]
         if any(ids != kl[0][0] for ids, _ in kl + correct):
             raise ValueError(f"the {scheme} runs were tested on different images")
         per_image[scheme] = {"kl": np.mean([v for _, v in kl], axis=0), "correct": np.mean([v for _, v in correct], axis=0)}
+        save_results(args.results, results)  # a chain stopped later keeps this scheme
     done = {k: v for k, v in section.items() if k in per_image}
     if len(done) >= 2:
         a, b = sorted(done, key=lambda k: -done[k]["accuracy"]["mean"])[:2]
@@ -88,9 +106,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--losses", default="mse,l1,kl")
     parser.add_argument("--model", default="resnet18")
-    parser.add_argument("--seed", type=int, default=42, help="the seed of the loss runs")
     parser.add_argument("--schemes", default="", help="e.g. majority,distribution,sample: the training-scheme comparison")
-    parser.add_argument("--seeds", default="1,2", help="seeds of every scheme")
+    parser.add_argument("--seeds", default="1", help="seeds of every loss or scheme, e.g. 1,2")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("extra", nargs="*", help="extra Hydra overrides for every run")
@@ -100,27 +117,19 @@ def main() -> None:
         return
 
     results = load_results(args.results, {"models": {}})
+    seeds = [int(x) for x in args.seeds.split(",")]
     for loss in args.losses.split(","):
-        name = f"ferplus-{args.model}-{loss}"
-        run = run_train(["experiment=ferplus_distribution", f"model={args.model}", f"loss={loss}", f"seed={args.seed}",
-                         *(QUICK if args.quick else []), *args.extra], RUNS / (f"quick-{name}" if args.quick else name))
-        report = run["report"]
+        runs = {seed: train_one(args, loss, "distribution", seed)[1] for seed in seeds}
         results["models"].setdefault(args.model, {})[loss] = {
-            **{k: report[k] for k in ("kl", "tvd", "emd", "accuracy", "mse", "cross_entropy", "n_samples")},
-            "epochs": run["epochs"], "seconds_per_epoch": run["seconds_per_epoch"], "command": run["command"],
-            "pretrained": run["pretrained"],
-            "quick": args.quick,
+            **over_seeds(runs), "n_samples": next(iter(runs.values()))["report"]["n_samples"],
+            "pretrained": next(iter(runs.values()))["pretrained"], "quick": args.quick,
         }
         results.update({
             "benchmark": "FER+ label-distribution learning: 8 emotions, votes of 10 annotators, FER2013Test",
             "emd_ground_distance": "|i - j| between class positions in the order neutral, happiness, surprise, sadness, anger, disgust, fear, contempt",
-            "seed": args.seed, "machine": machine(), "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "loss_seeds": seeds, "machine": machine(), "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })
-        # the issue's shape: one object per loss for resnet18
-        if args.model == "resnet18":
-            results.update({loss_name: values for loss_name, values in results["models"]["resnet18"].items()})
         save_results(args.results, results)
-        print(f"{name}: KL {report['kl']:.4f} TVD {report['tvd']:.4f} EMD {report['emd']:.4f} acc {report['accuracy']:.3f}", flush=True)
 
 
 if __name__ == "__main__":
