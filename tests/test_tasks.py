@@ -59,6 +59,12 @@ def test_every_evaluate_mode_serves_every_task(task_sweep, tmp_path):
     plain = run_evaluate([f"run_dir={members[0]}", f"output_dir={tmp_path / 'single'}"], tmp_path, cache)
     assert plain[primary] == pytest.approx(trained[primary], rel=1e-4, abs=1e-6)
     assert plain["primary_metric"] == task.primary_metric
+    # train.py's prediction files come from the same task code as the evaluation's
+    for f in ("test_predictions.csv", "test_per_sample.csv"):
+        at_training, at_evaluation = rows(members[0] / f), rows(tmp_path / "single" / f)
+        assert at_training[0] == at_evaluation[0] and len(at_training) == len(at_evaluation) > 1
+    scores = [np.array([float(r[1]) for r in rows(d / "test_per_sample.csv")[1:]]) for d in (members[0], tmp_path / "single")]
+    assert np.allclose(*scores, rtol=1e-4, atol=1e-5)
     tta = run_evaluate([f"run_dir={members[0]}", "tta=true", "visualize=true", f"output_dir={tmp_path / 'tta'}"], tmp_path, cache)
     assert tta["tta"] is True
     for f in ("test_report.json", "test_report.md", "test_predictions.csv", "test_per_sample.csv"):

@@ -103,9 +103,9 @@ class PhasedModule(L.LightningModule):
     def test_markdown(self, report: dict[str, Any], title: str) -> str:
         raise NotImplementedError
 
-    def test_files(self, datamodule: L.LightningDataModule) -> dict[str, str]:
-        """Extra text files for the run folder: file name -> content (predictions, per-sample scores)."""
-        return {}
+    def test_outputs(self) -> torch.Tensor:
+        """The last test epoch's predictions in the task's output space (its Task writes the files)."""
+        raise NotImplementedError
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float = 0.1,

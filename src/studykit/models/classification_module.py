@@ -26,12 +26,3 @@ class ClassificationModule(LogitsModule):
 
     def test_markdown(self, report: dict[str, Any], title: str) -> str:
         return classification_markdown(report, title)
-
-    def test_files(self, datamodule) -> dict[str, str]:
-        from studykit.evaluation.files import per_sample_csv, probability_predictions_csv
-
-        probs, target = torch.cat(self.test_probs), torch.cat(self.test_targets)
-        ids = datamodule.test_set.image_id[: probs.shape[0]]
-        correct = (probs.argmax(-1) == target).float().tolist()
-        return {"test_predictions.csv": probability_predictions_csv(probs, ids, self.classes, target),
-                "test_per_sample.csv": per_sample_csv(ids, correct, "correct")}

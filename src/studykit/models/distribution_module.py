@@ -33,12 +33,3 @@ class DistributionModule(LogitsModule):
 
     def test_markdown(self, report: dict[str, Any], title: str) -> str:
         return distribution_markdown(report, title)
-
-    def test_files(self, datamodule) -> dict[str, str]:
-        from studykit.evaluation.files import distribution_predictions_csv, per_sample_csv
-
-        pred, target = torch.cat(self.test_probs), torch.cat(self.test_targets)
-        ids = datamodule.test_set.image_id[: pred.shape[0]]
-        kl = self.test_metric().scores()["kl"].tolist()
-        return {"test_predictions.csv": distribution_predictions_csv(pred, target, ids, self.classes),
-                "test_per_sample.csv": per_sample_csv(ids, kl, "kl")}

@@ -153,13 +153,5 @@ class LandmarkModule(PhasedModule):
     def test_markdown(self, report: dict[str, Any], title: str) -> str:
         return report_markdown(report, title=title)
 
-    def test_files(self, datamodule) -> dict[str, str]:
-        from studykit.evaluation.files import landmark_predictions_csv, per_sample_csv
-
-        preds = torch.cat(self.test_predictions)
-        test = datamodule.test_set
-        n = preds.shape[0]
-        categories = [datamodule.categories[int(c)] for c in test.category[:n]]
-        per_image = self.test_metrics.per_image_errors().mean(1).cpu().tolist()
-        return {"test_predictions.csv": landmark_predictions_csv(preds, test.image_id, categories),
-                "test_per_sample.csv": per_sample_csv(test.image_id[:n], per_image, "mean_px")}
+    def test_outputs(self) -> torch.Tensor:
+        return torch.cat(self.test_predictions)

@@ -82,5 +82,8 @@ class LogitsModule(PhasedModule):
         self.test_probs.append(self._step(batch, "test", batch_idx)[1].detach().cpu())
         self.test_targets.append(batch["target"].detach().cpu())
 
+    def test_outputs(self) -> torch.Tensor:
+        return torch.cat(self.test_probs)
+
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self(batch["image"]).softmax(-1)

@@ -58,6 +58,12 @@ class Task:
         raise NotImplementedError
 
     # ---- files ----------------------------------------------------------------------------------------
+    def prediction_files(self, pred: torch.Tensor, run: TestRun) -> dict[str, str]:
+        """test_predictions.csv and test_per_sample.csv (file name -> text) for `pred`, the first len(pred)
+        test samples (a run tested under trainer.limit_test_batches covers part of the split). Written by
+        training's test report and by every evaluation mode."""
+        raise NotImplementedError
+
     def write(self, out_dir: Path, pred: torch.Tensor, run: TestRun, report: dict[str, Any], title: str,
               visualize: bool, options: dict[str, Any]) -> None:
         """The task's files beside test_report.json: predictions, markdown report, per-sample scores, plots."""

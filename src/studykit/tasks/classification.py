@@ -79,12 +79,19 @@ class ClassificationTask(Task):
     def per_sample(self, pred: torch.Tensor, run: TestRun) -> list[float]:
         return (pred.argmax(-1) == run.test_set.labels).float().tolist()
 
+    def prediction_files(self, pred: torch.Tensor, run: TestRun) -> dict[str, str]:
+        n = len(pred)
+        ids, labels = run.test_set.image_id[:n], run.test_set.labels[:n]
+        correct = (pred.argmax(-1) == labels).float().tolist()
+        return {"test_predictions.csv": probability_predictions_csv(pred, ids, run.module.classes, labels),
+                "test_per_sample.csv": per_sample_csv(ids, correct, self.per_sample_name)}
+
     def write(self, out_dir: Path, pred: torch.Tensor, run: TestRun, report: dict[str, Any], title: str,
               visualize: bool, options: dict[str, Any]) -> None:
-        classes, ids = run.module.classes, run.test_set.image_id
+        classes = run.module.classes
         atomic_write_text(out_dir / "test_report.md", classification_markdown(report, title))
-        atomic_write_text(out_dir / "test_predictions.csv", probability_predictions_csv(pred, ids, classes, run.test_set.labels))
-        atomic_write_text(out_dir / "test_per_sample.csv", per_sample_csv(ids, self.per_sample(pred, run), self.per_sample_name))
+        for name, text in self.prediction_files(pred, run).items():
+            atomic_write_text(out_dir / name, text)
         confusion_png(out_dir / "confusion_matrix.png", np.asarray(report["confusion_matrix"]), classes)
         per_class_png(out_dir / "per_class.png", report["per_class"])
 

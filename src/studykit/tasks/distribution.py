@@ -103,14 +103,22 @@ class DistributionTask(Task):
     def per_sample(self, pred: torch.Tensor, run: TestRun) -> list[float]:
         return self._metric(pred, run).scores()["kl"].tolist()
 
+    def prediction_files(self, pred: torch.Tensor, run: TestRun) -> dict[str, str]:
+        test, n = run.test_set, len(pred)
+        ids, target = list(test.image_id)[:n], test.distribution[:n]
+        metric = DistributionMetrics(run.datamodule.classes)
+        metric.update(pred, target)
+        return {"test_predictions.csv": distribution_predictions_csv(pred, target, ids, run.datamodule.classes),
+                "test_per_sample.csv": per_sample_csv(ids, metric.scores()["kl"].tolist(), self.per_sample_name)}
+
     def write(self, out_dir: Path, pred: torch.Tensor, run: TestRun, report: dict[str, Any], title: str,
               visualize: bool, options: dict[str, Any], n_samples: int = 6, n_worst: int = 16, tsne_max: int = 2000) -> None:
         test, classes = run.test_set, run.datamodule.classes
         ids = list(test.image_id)
         kl = self.per_sample(pred, run)
         atomic_write_text(out_dir / "test_report.md", distribution_markdown(report, title))
-        atomic_write_text(out_dir / "test_predictions.csv", distribution_predictions_csv(pred, test.distribution, ids, classes))
-        atomic_write_text(out_dir / "test_per_sample.csv", per_sample_csv(ids, kl, self.per_sample_name))
+        for name, text in self.prediction_files(pred, run).items():
+            atomic_write_text(out_dir / name, text)
         if visualize:
             images, probs, target = test.images.numpy(), pred.numpy(), test.distribution.numpy()
             samples = options.get("samples")

@@ -36,13 +36,20 @@ class LandmarkTask(Task):
     def per_sample(self, pred: torch.Tensor, run: TestRun) -> list[float]:
         return lm.per_image_errors(pred, lm.targets_px(run.test_set)).tolist()
 
+    def prediction_files(self, pred: torch.Tensor, run: TestRun) -> dict[str, str]:
+        test, n = run.test_set, len(pred)
+        cats = [run.datamodule.categories[int(c)] for c in test.category[:n]]
+        errors = lm.per_image_errors(pred, lm.targets_px(test)[:n]).tolist()
+        return {"test_predictions.csv": landmark_predictions_csv(pred, test.image_id[:n], cats),
+                "test_per_sample.csv": per_sample_csv(test.image_id[:n], errors, self.per_sample_name)}
+
     def write(self, out_dir: Path, pred: torch.Tensor, run: TestRun, report: dict[str, Any], title: str,
               visualize: bool, options: dict[str, Any]) -> None:
         test, names = run.test_set, run.datamodule.categories
         cats = [names[int(c)] for c in test.category]
         atomic_write_text(out_dir / "test_report.md", report_markdown(report, title=title))
-        atomic_write_text(out_dir / "test_predictions.csv", landmark_predictions_csv(pred, test.image_id, cats))
-        atomic_write_text(out_dir / "test_per_sample.csv", per_sample_csv(test.image_id, self.per_sample(pred, run), self.per_sample_name))
+        for name, text in self.prediction_files(pred, run).items():
+            atomic_write_text(out_dir / name, text)
         if visualize:
             # drawn in the cached images' pixels
             target = lm.targets_px(test)

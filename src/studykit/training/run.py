@@ -6,6 +6,7 @@ import logging
 import resource
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import lightning as L
@@ -260,7 +261,9 @@ def test_and_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "test_report.json", report)
     atomic_write_text(out_dir / "test_report.md", module.test_markdown(metrics, f"Test report: {cfg.get('run_name')}"))
-    for name, content in module.test_files(datamodule).items():
+    # the task writes the prediction files, as every evaluation mode does; it reads what a loaded run offers
+    trained = SimpleNamespace(module=module, datamodule=datamodule, test_set=datamodule.test_set)
+    for name, content in task_of(cfg).prediction_files(module.test_outputs(), trained).items():
         atomic_write_text(out_dir / name, content)
     primary = metrics["primary_metric"]["name"]
     median = f", median {report['median_px']:.2f} px" if "median_px" in report else ""
