@@ -34,6 +34,8 @@ CONFIGS = {
     "main-lite0-heatmap-bf16": ["experiment=cxr_complete", "model/head=heatmap", "hardware.precision=bf16-mixed", "phase.stages.finetune.epochs=45"],
     # an undisturbed epoch (training + validation) takes ~33 s: 70 epochs still fit the 45-minute budget
     "main-lite0-heatmap-70ep": ["experiment=cxr_complete", "model/head=heatmap", "phase.stages.finetune.epochs=70"],
+    # the same with an exponential moving average of the weights (callbacks=ema, decay 0.998: about 12 epochs)
+    "main-lite0-heatmap-70ep-ema": ["experiment=cxr_complete", "model/head=heatmap", "phase.stages.finetune.epochs=70", "callbacks=ema"],
 }
 
 

@@ -110,3 +110,23 @@ def test_incomplete_stage_and_epoch_cap(make_cfg):
     assert plan["head_only"]["epochs"] == 4 and plan["finetune"]["epochs"] == 4
     with pytest.raises(ValueError, match="not a stage of this phase plan"):
         train(make_cfg(["phase=head_only", "ckpt_path=/somewhere/finetune/last.ckpt"]))
+
+
+def test_ema_weights_are_validated_checkpointed_and_resumed(make_cfg):
+    head = "net.head.7.weight"
+    overrides = ["callbacks=ema", "phase=head_only", "trainer.max_epochs=null", "test=false", *SHORT]
+    cfg = make_cfg([*overrides, "phase.stages.head_only.epochs=2"])
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    last = safe_torch_load(run / "checkpoints/head_only/last.ckpt")
+    # state_dict holds the average (what validation and best.ckpt use), current_model_state the raw weights
+    assert not torch.equal(last["state_dict"][head], last["current_model_state"][head])
+    assert int(last["averaging_state"]["n_averaged"]) == 4  # one update per optimizer step: 2 epochs x 2 batches
+    assert "current_model_state" in safe_torch_load(run / "checkpoints/head_only/best.ckpt")
+
+    resumed = make_cfg([*overrides, "phase.stages.head_only.epochs=3", f"ckpt_path={run / 'checkpoints/head_only/last.ckpt'}"])
+    train(resumed)
+    after = safe_torch_load(run / "checkpoints/head_only/last.ckpt")
+    # the average continued from the saved one rather than restarting from the raw weights
+    assert int(after["averaging_state"]["n_averaged"]) == 6
+    assert not torch.equal(after["current_model_state"][head], last["current_model_state"][head])
