@@ -117,3 +117,32 @@ def test_ferplus_bad_rows_and_missing_files_are_recorded(tmp_path):
                       tmp_path / "out", tmp_path / "cache")
     with pytest.raises(ValueError, match="labels_from='votes'"):
         preprocess(bad)
+
+
+@pytest.mark.slow
+def test_ferplus_expression_trains_on_the_votes(tmp_path, shared_cache):
+    """The FER+ paper's schemes on the majority-label protocol: training targets from label.csv's votes,
+    validation and test on the label; a data set without votes refuses them, naming the option."""
+    from studykit.data.expression_datamodule import FaceDataset
+    from studykit.training.run import train
+
+    cfg = compose_cfg("train", [*TINY_FERPLUS, "model=resnet18", "data.train_target=distribution", "trainer.max_epochs=1",
+                                "trainer.limit_train_batches=2"], tmp_path / "run", shared_cache)
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    data = dm.dataset("train")
+    votes = rows("FER2013Train", [data.image_id[i] for i in range(5)])[:, :8]
+    for i in range(5):
+        target = data[i]["target"]
+        assert target.dtype == torch.float32 and torch.allclose(target, torch.from_numpy(votes[i] / votes[i].sum()))
+        assert EMOTIONS[int(data.labels[i])] == EMOTIONS[int(target.argmax())]  # a majority label is the most voted class
+    assert dm.dataset("val")[0]["target"].dtype == torch.long
+    dm.train_target = "sample"
+    sampled = dm.dataset("train")
+    drawn = torch.stack([sampled[0]["target"] for _ in range(20)])
+    assert torch.all(drawn.sum(1) == 1) and (votes[0][drawn.argmax(1).numpy()] > 0).all()  # one-hot, a voted class
+    summary = train(cfg)  # cross-entropy on the soft targets
+    assert summary["test"]["n_samples"] == 16 and np.isfinite(summary["stages"]["finetune"]["best_score"])
+
+    with pytest.raises(ValueError, match="needs the annotators' votes"):
+        FaceDataset(data.images[:2], data.labels[:2], data.image_id[:2], 32, True, {}, [0.5] * 3, [0.5] * 3, target="sample")

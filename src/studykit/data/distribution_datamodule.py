@@ -17,6 +17,19 @@ from studykit.data.ferplus import prepare_ferplus
 TARGETS = ("distribution", "majority", "sample")
 
 
+def scheme_target(dist: torch.Tensor, scheme: str, rng: np.random.Generator) -> torch.Tensor:
+    """The training target of one item under a FER+ paper scheme: `distribution` the votes themselves,
+    `majority` a one-hot of the most voted class, `sample` a one-hot of a class drawn from the votes."""
+    if scheme == "distribution":
+        return dist
+    if scheme == "majority":
+        k = int(dist.argmax())
+    else:
+        p = dist.double().numpy()
+        k = int(rng.choice(dist.numel(), p=p / p.sum()))
+    return torch.nn.functional.one_hot(torch.tensor(k), dist.numel()).to(dist.dtype)
+
+
 class DistributionDataset(Dataset):
     """Items: image (3, S, S) normalized float, target (C,) probability distribution, index.
 
@@ -47,15 +60,7 @@ class DistributionDataset(Dataset):
         return {"image": grey_to_input(image, self.mean, self.std), "target": self.training_target(idx), "index": idx}
 
     def training_target(self, idx: int) -> torch.Tensor:
-        dist = self.distribution[idx]
-        if self.target == "distribution":
-            return dist
-        if self.target == "majority":
-            k = int(dist.argmax())
-        else:
-            p = dist.double().numpy()
-            k = int(self.rng.choice(dist.numel(), p=p / p.sum()))
-        return torch.nn.functional.one_hot(torch.tensor(k), dist.numel()).to(dist.dtype)
+        return scheme_target(self.distribution[idx], self.target, self.rng)
 
     def sample_labels(self) -> np.ndarray:
         """The class each item counts as for class-balanced sampling: its majority vote."""

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from studykit.data.augment import build_augmentation
 from studykit.data.base import IMAGENET_MEAN, IMAGENET_STD, CachedDataModule
 from studykit.data.cache import CacheStatus
+from studykit.data.distribution_datamodule import TARGETS, scheme_target
 
 
 def face_id(state: dict[str, Any], row: int) -> str:
@@ -63,11 +64,17 @@ def subject_folds(subjects: Sequence[str], n_folds: int) -> dict[str, int]:
 class FaceDataset(Dataset):
     """Face crops, 3-channel RGB or 4-channel RGB + landmark heat map: uint8 (N, C, S, S) tensors -> float
     (C, input, input), RGB normalized with the backbone's statistics, a landmark channel scaled to [0, 1];
-    flips and small rotations move all channels together."""
+    flips and small rotations move all channels together. The target is the class label, or with `votes`
+    (N, classes) and `target` distribution / sample the FER+ paper's training target drawn from them."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, ids: list[str], input_size: int, train: bool,
-                 augment: dict[str, Any], mean: Sequence[float], std: Sequence[float], seed: int = 0):
+                 augment: dict[str, Any], mean: Sequence[float], std: Sequence[float], seed: int = 0,
+                 votes: torch.Tensor | None = None, target: str = "majority"):
+        if target != "majority" and votes is None:
+            raise ValueError(f"training target {target!r} needs the annotators' votes; this data set has none")
         self.images, self.labels, self.image_id = images, labels, ids
+        self.votes, self.target = votes, target
+        self.rng = np.random.default_rng(seed)
         self.transform = build_augmentation(input_size, train, augment, seed)
         channels = images.shape[1]
         self.mean = torch.tensor(list(mean) + [0.0] * (channels - 3)).view(-1, 1, 1)
@@ -79,10 +86,12 @@ class FaceDataset(Dataset):
     def __getitem__(self, idx: int) -> dict[str, Any]:
         image = self.transform(image=self.images[idx].permute(1, 2, 0).numpy())["image"]
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-        return {"image": (tensor - self.mean) / self.std, "target": self.labels[idx], "index": idx}
+        target = self.labels[idx] if self.target == "majority" else scheme_target(self.votes[idx], self.target, self.rng)
+        return {"image": (tensor - self.mean) / self.std, "target": target, "index": idx}
 
     def reseed(self, seed: int) -> None:
         self.transform.set_random_seed(seed)
+        self.rng = np.random.default_rng(seed)
 
     def sample_labels(self) -> np.ndarray:
         """The class of each item, for class-balanced sampling."""
@@ -90,14 +99,21 @@ class FaceDataset(Dataset):
 
 
 class ExpressionDataModule(CachedDataModule):
-    """`pipeline` is the face pipeline's config (conf/data/jaffe.yaml); `classes` the label names."""
+    """`pipeline` is the face pipeline's config (conf/data/jaffe.yaml); `classes` the label names.
+    `train_target` (FER+, whose source keeps the votes): `majority` trains on the class label, `distribution`
+    on the vote distribution, `sample` on a class drawn from the votes at every access; validation and test
+    always use the label."""
 
     def __init__(self, name: str, root: str, cache_dir: str, prepare: dict[str, Any], classes: Sequence[str] | None,
                  n_folds: int = 5, test_fold: int = 0, val_fold: int = 1, input_size: int = 224, batch_size: int = 16,
                  num_workers: int = 0, augment: dict[str, Any] | None = None, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, seed: int = 0, split_by: str = "subject",
-                 val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0, balanced_sampling: bool = False):
+                 val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0, balanced_sampling: bool = False,
+                 train_target: str = "majority"):
         super().__init__(name, root, cache_dir, prepare, batch_size, num_workers, mean, std, seed, balanced_sampling)
+        if train_target not in TARGETS:
+            raise ValueError(f"data.train_target must be one of {TARGETS}, got {train_target!r}")
+        self.train_target = train_target
         self.classes = list(classes) if classes else []  # empty: the labels found, sorted (class folders)
         self.n_folds, self.test_fold, self.val_fold = n_folds, test_fold, val_fold
         self.val_fraction, self.test_fraction, self.split_seed = float(val_fraction), float(test_fraction), int(split_seed)
@@ -140,6 +156,11 @@ class ExpressionDataModule(CachedDataModule):
         if unknown:
             raise ValueError(f"labels {unknown} are not in data.classes {self.classes}")
         subjects = [st["subjects"][i] for i in kept]
+        # the votes stay in the source's rows (they key no cache); mtcnn_boxes with select=all makes a row per face
+        source_row = st["source_row"][kept].tolist() if "source_row" in st else kept
+        if self.train_target != "majority" and "votes" not in st:
+            raise ValueError(f"{self.name}: data.train_target={self.train_target} needs the annotators' votes, which only "
+                             f"data.prepare.labels_from=ferplus_majority provides (this data set: {self.prepare_cfg.get('labels_from')})")
         if self.split_by == "folder":
             tags = np.array([st["splits"][i] for i in kept])
             want = {name: tags == name for name in ("train", "val", "test")}
@@ -163,6 +184,7 @@ class ExpressionDataModule(CachedDataModule):
                 "labels": torch.tensor([self.classes.index(labels[i]) for i in idx], dtype=torch.long),
                 "image_id": [face_id(st, kept[i]) for i in idx],
                 "subjects": sorted({subjects[i] for i in idx} - {""}),
+                "votes": st["votes"][[source_row[i] for i in idx]] if "votes" in st else None,
             }
         return self.splits[split]
 
@@ -170,4 +192,4 @@ class ExpressionDataModule(CachedDataModule):
         train = (split == "train") if train is None else train
         data = self.load_split(split)
         return FaceDataset(data["images"], data["labels"], data["image_id"], self.input_size, train, self.augment,
-                                  self.mean, self.std, self.seed)
+                           self.mean, self.std, self.seed, data["votes"], self.train_target if train else "majority")

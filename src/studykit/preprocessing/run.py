@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
-from studykit.data.ferplus import RAW_CLASSES, majority_labels, parse_label_csv, resolve_classes, split_folders
+from studykit.data.ferplus import RAW_CLASSES, majority_labels, parse_label_csv, resolve_classes, split_folders, votes_to_distribution
 from studykit.preprocessing.faces import STAGE_ALIASES, STAGES
 from studykit.preprocessing.pipeline import Stage, StageResult, run_pipeline
 from studykit.utils.io import atomic_write_json, protect, sha256_file
@@ -43,6 +45,7 @@ class Source:
     subjects: list[str]
     splits: list[str]
     excluded: list[dict[str, str]] = field(default_factory=list)
+    votes: list[np.ndarray] = field(default_factory=list)  # per image, the annotators' distribution (FER+)
 
 
 def glob_source(root: Path, prepare: dict[str, Any]) -> Source:
@@ -69,8 +72,9 @@ def ferplus_source(root: Path, prepare: dict[str, Any]) -> Source:
         _, paths, votes, issues = parse_label_csv(folder / label_file, folder, len(raw), split)
         src.excluded += [{"path": i.file + (f":{i.line}" if i.line else ""), "split": split, "reason": i.reason} for i in issues]
         labels, reasons = majority_labels(votes, raw, classes)
+        dist, _ = votes_to_distribution(votes, [raw.index(c) for c in classes])
         kept = 0
-        for path, label, reason in zip(paths, labels, reasons):
+        for path, label, reason, row_votes in zip(paths, labels, reasons, dist):
             rel_path = path.relative_to(root).as_posix()
             if not reason and any(rel_path == e or rel_path.endswith("/" + e) for e in exclude):
                 reason = "listed in data.prepare.exclude"
@@ -82,6 +86,7 @@ def ferplus_source(root: Path, prepare: dict[str, Any]) -> Source:
             if limits.get(split) is not None and kept >= int(limits[split]):
                 continue  # a subset: keep reading, so that the report still lists every exclusion
             src.paths.append(path), src.labels.append(classes[label]), src.subjects.append(""), src.splits.append(split)
+            src.votes.append(row_votes)
             kept += 1
     if not src.paths:
         raise FileNotFoundError(f"no labelled FER+ images under {root} (splits {dict(prepare['splits'])})")
@@ -172,6 +177,8 @@ def preprocess_faces(root: str | Path, cache_dir: str | Path, prepare: dict[str,
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     write_source_report(Path(cache_dir), src)
     state = {"paths": [str(p) for p in src.paths], "subjects": src.subjects, "labels": src.labels, "splits": src.splits}
+    if src.votes:  # read afresh from the vote table each time: no stage uses them, so they key no cache
+        state["votes"] = torch.from_numpy(np.stack(src.votes))
     source = {"files": [(p.relative_to(root).as_posix(), sha256_file(p)) for p in src.paths], "labels": src.labels,
               "subjects": src.subjects, "splits": src.splits}
     return run_pipeline(stages, cache_dir, source, state)
