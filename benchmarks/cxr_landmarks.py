@@ -36,6 +36,10 @@ CONFIGS = {
     "main-lite0-heatmap-70ep": ["experiment=cxr_complete", "model/head=heatmap", "phase.stages.finetune.epochs=70"],
     # the same with an exponential moving average of the weights (callbacks=ema, decay 0.998: about 12 epochs)
     "main-lite0-heatmap-70ep-ema": ["experiment=cxr_complete", "model/head=heatmap", "phase.stages.finetune.epochs=70", "callbacks=ema"],
+    # bf16 autocast against fp32 where bf16 is fast (ResNet: about 2x, BENCHMARKS "CPU speed"), on validation:
+    # the main job's recipe on a randomly initialised ResNet-18 (no ImageNet weights here), 20 epochs
+    "resnet18-heatmap-fp32": ["experiment=cxr_complete", "model=resnet18", "phase.stages.finetune.epochs=20"],
+    "resnet18-heatmap-bf16": ["experiment=cxr_complete", "model=resnet18", "phase.stages.finetune.epochs=20", "hardware.precision=bf16-mixed"],
 }
 
 
