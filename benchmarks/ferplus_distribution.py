@@ -90,6 +90,7 @@ def compare_schemes(args) -> None:
             raise ValueError(f"the {scheme} runs were tested on different images")
         per_image[scheme] = {"kl": np.mean([v for _, v in kl], axis=0), "correct": np.mean([v for _, v in correct], axis=0)}
         save_results(args.results, results)  # a chain stopped later keeps this scheme
+
     def paired(a: str, b: str) -> dict:
         return {"per_image_kl": paired_test(per_image[a]["kl"], per_image[b]["kl"], (a, b)),
                 "per_image_correct": paired_test(per_image[a]["correct"], per_image[b]["correct"], (a, b))}
