@@ -18,6 +18,7 @@ the same across calls that share runs.
     python benchmarks/ferplus_distribution.py                  # the three losses, experiment defaults
     python benchmarks/ferplus_distribution.py --losses kl --model efficientnet_lite0
     python benchmarks/ferplus_distribution.py --schemes majority,distribution,sample --seeds 1,2
+    python benchmarks/ferplus_distribution.py --losses kl --model efficientnet_lite0 --variant 64px data.input_size=64
     python benchmarks/ferplus_distribution.py --quick          # a tiny subset: checks the script only
 """
 
@@ -44,13 +45,18 @@ SCHEME_LOSS = {"majority": "ce", "distribution": "kl", "sample": "ce"}
 
 def train_one(args, loss: str, target: str, seed: int) -> tuple[Path, dict]:
     """One (model, loss, training target, seed) run, trained or reused."""
-    name = f"{args.model}-{loss}-{target}-seed{seed}"
+    name = f"{model_key(args)}-{loss}-{target}-seed{seed}"
     run_dir = RUNS / ("quick-ferplus-dist" if args.quick else "ferplus-dist") / name
     run = run_train(["experiment=ferplus_distribution", f"model={args.model}", f"loss={loss}", f"data.train_target={target}",
                      f"seed={seed}", *(QUICK if args.quick else []), *args.extra], run_dir)
     print(f"{name}: KL {run['report']['kl']:.4f} TVD {run['report']['tvd']:.4f} EMD {run['report']['emd']:.4f} "
           f"acc {run['report']['accuracy']:.4f}", flush=True)
     return run_dir, run
+
+
+def model_key(args) -> str:
+    """The model's name in run folders and in the JSON's `models`: with --variant, a recipe of its own."""
+    return f"{args.model}-{args.variant}" if args.variant else args.model
 
 
 def over_seeds(runs: dict[int, dict]) -> dict:
@@ -111,6 +117,7 @@ def main() -> None:
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--schemes", default="", help="e.g. majority,distribution,sample: the training-scheme comparison")
     parser.add_argument("--seeds", default="1", help="seeds of every loss or scheme, e.g. 1,2")
+    parser.add_argument("--variant", default="", help="names a recipe (the extra overrides) in run folders and the JSON")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("extra", nargs="*", help="extra Hydra overrides for every run")
@@ -123,9 +130,9 @@ def main() -> None:
     seeds = [int(x) for x in args.seeds.split(",")]
     for loss in args.losses.split(","):
         runs = {seed: train_one(args, loss, "distribution", seed)[1] for seed in seeds}
-        results["models"].setdefault(args.model, {})[loss] = {
+        results["models"].setdefault(model_key(args), {})[loss] = {
             **over_seeds(runs), "n_samples": next(iter(runs.values()))["report"]["n_samples"],
-            "pretrained": next(iter(runs.values()))["pretrained"], "quick": args.quick,
+            "pretrained": next(iter(runs.values()))["pretrained"], "quick": args.quick, "overrides": args.extra,
         }
         results.update({
             "benchmark": "FER+ label-distribution learning: 8 emotions, votes of 10 annotators, FER2013Test",

@@ -126,6 +126,23 @@ def test_ensemble_with_tta_and_visual_report(sweep, tmp_path):
 
 
 @pytest.mark.slow
+def test_validation_split_evaluation_for_choices_made_before_test(sweep, tmp_path):
+    run_dir = sorted(sweep.iterdir())[0]
+    val = LoadedRun(run_dir, split="val")
+    val_ids = list(val.datamodule.val_set.image_id)
+    report = evaluate_single(run_dir, tta=True, out_dir=tmp_path / "val", split="val")
+    assert report["split"] == "val" and report["tta"] and report["n_images"] == len(val_ids)
+    ids, written = read_landmark_predictions(tmp_path / "val" / "test_predictions.csv")
+    assert list(ids) == val_ids and not set(val_ids) & set(LoadedRun(run_dir).test_set.image_id)
+    per_image = lm.per_image_errors(val.predict(tta=True), lm.targets_px(val.datamodule.val_set))
+    assert report["mean_px"] == pytest.approx(float(np.mean(per_image)), abs=1e-3)
+    ensemble = evaluate_ensemble(sweep, out_dir=tmp_path / "ens_val", split="val")
+    assert ensemble["split"] == "val" and ensemble["n_images"] == len(val_ids)
+    with pytest.raises(ValueError, match="split"):
+        LoadedRun(run_dir, split="train")
+
+
+@pytest.mark.slow
 def test_sweep_summary_and_paired_comparison(sweep, tmp_path):
     result = summarize_sweep(sweep, out_dir=tmp_path / "summary")
     rows = {r["configuration"]: r for r in result["configurations"]}

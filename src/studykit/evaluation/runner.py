@@ -1,7 +1,7 @@
 """`evaluate.py`: test a run, a seed ensemble, a whole sweep, or compare two runs - for every task.
 
-    python evaluate.py run_dir=outputs/<run>/<time> [tta=true] [visualize=true]
-    python evaluate.py ensemble=multirun/<time> [tta=true] [visualize=true]
+    python evaluate.py run_dir=outputs/<run>/<time> [tta=true] [visualize=true] [split=val]
+    python evaluate.py ensemble=multirun/<time> [tta=true] [visualize=true] [split=val]
     python evaluate.py sweep=multirun/<time>                 # mean +- std over seeds per configuration
     python evaluate.py compare=[<run or sweep member A>,<B>]  # paired per-sample test
 
@@ -50,11 +50,21 @@ def load_trained_module(run_dir: Path, cfg: DictConfig, checkpoint: Path | None 
     return module.eval()
 
 
-class LoadedRun:
-    """A finished run ready to predict its test split: config, task, data module and trained module."""
+SPLITS = ("test", "val")
 
-    def __init__(self, run_dir: Path, checkpoint: Path | None = None, overrides: list[str] | None = None):
+
+class LoadedRun:
+    """A finished run ready to predict its test split: config, task, data module and trained module.
+    With split="val" the validation split stands in for the test split (`test_set`, `test_loader`), so
+    choices such as flip TTA or an ensemble can be made on validation before the test split is read."""
+
+    def __init__(self, run_dir: Path, checkpoint: Path | None = None, overrides: list[str] | None = None,
+                 split: str = "test"):
         from studykit.training.run import build_datamodule
+
+        if split not in SPLITS:
+            raise ValueError(f"split={split!r}: evaluate one of {SPLITS}")
+        self.split = split
 
         self.run_dir = Path(run_dir)
         self.cfg = run_config(self.run_dir)
@@ -64,12 +74,12 @@ class LoadedRun:
         self.checkpoint = Path(checkpoint) if checkpoint else best_checkpoint(self.run_dir, self.cfg)
         self.datamodule = build_datamodule(self.cfg)
         self.datamodule.prepare_data()
-        self.datamodule.setup("test")
+        self.datamodule.setup("test" if split == "test" else "validate")
         self.module = load_trained_module(self.run_dir, self.cfg, self.checkpoint)
-        self.test_set = self.datamodule.test_set
+        self.test_set = self.datamodule.test_set if split == "test" else self.datamodule.val_set
 
     def test_loader(self):
-        return self.datamodule.test_dataloader()
+        return self.datamodule.test_dataloader() if self.split == "test" else self.datamodule.val_dataloader()
 
     def predict(self, tta: bool) -> torch.Tensor:
         # the precision the run was trained and tested with, so evaluation reproduces its numbers
@@ -81,7 +91,7 @@ class LoadedRun:
 def write_evaluation(out_dir: Path, task: Task, pred: torch.Tensor, run: LoadedRun, title: str, visualize: bool,
                      extra: dict[str, Any], options: dict[str, Any] | None = None) -> dict[str, Any]:
     """test_report.json (with its primary metric) and the task's files for `pred` on the run's test split."""
-    report = {**extra, "primary_metric": task.primary_metric, **task.metrics(pred, run)}
+    report = {**extra, "split": run.split, "primary_metric": task.primary_metric, **task.metrics(pred, run)}
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "test_report.json", report)
     task.write(out_dir, pred, run, report, title, visualize, options or {})
@@ -90,35 +100,44 @@ def write_evaluation(out_dir: Path, task: Task, pred: torch.Tensor, run: LoadedR
 
 
 # ---- modes ----------------------------------------------------------------------------------------------
+def default_folder(name: str, tta: bool, split: str) -> str:
+    """evaluation, evaluation_tta, evaluation_val, evaluation_val_tta (and the same for ensemble)."""
+    return name + ("_val" if split == "val" else "") + ("_tta" if tta else "")
+
+
+def title_suffix(tta: bool, split: str) -> str:
+    return (" + flip TTA" if tta else "") + (" (validation split)" if split == "val" else "")
+
+
 def evaluate_single(run_dir: Path, tta: bool = False, visualize: bool = False, out_dir: Path | None = None,
                     checkpoint: str | None = None, overrides: list[str] | None = None,
-                    options: dict[str, Any] | None = None) -> dict[str, Any]:
-    run = LoadedRun(run_dir, checkpoint, overrides)
-    out_dir = Path(out_dir or Path(run_dir) / ("evaluation_tta" if tta else "evaluation"))
-    return write_evaluation(out_dir, run.task, run.predict(tta), run, f"{run.cfg.get('run_name')}{' + flip TTA' if tta else ''}",
+                    options: dict[str, Any] | None = None, split: str = "test") -> dict[str, Any]:
+    run = LoadedRun(run_dir, checkpoint, overrides, split)
+    out_dir = Path(out_dir or Path(run_dir) / default_folder("evaluation", tta, split))
+    return write_evaluation(out_dir, run.task, run.predict(tta), run, f"{run.cfg.get('run_name')}{title_suffix(tta, split)}",
                             visualize, {"run_dir": str(run_dir), "checkpoint": str(run.checkpoint), "tta": tta}, options)
 
 
 def evaluate_ensemble(folder: Path, tta: bool = False, visualize: bool = False, out_dir: Path | None = None,
-                      options: dict[str, Any] | None = None) -> dict[str, Any]:
+                      options: dict[str, Any] | None = None, split: str = "test") -> dict[str, Any]:
     """Average the members' predictions (each with optional flip TTA); report the ensemble and each member."""
     members = sweep_members(folder)
     preds, member_reports, first = [], {}, None
     for run_dir in members:
-        run = LoadedRun(run_dir)
+        run = LoadedRun(run_dir, split=split)
         if first is None:
             first = run
         elif run.task is not first.task:
             raise ValueError(f"{run_dir}: its task ({run.task.name}) differs from the other members' ({first.task.name})")
         elif list(run.test_set.image_id) != list(first.test_set.image_id):
-            raise ValueError(f"{run_dir}: its test split differs from the other members'")
+            raise ValueError(f"{run_dir}: its {split} split differs from the other members'")
         pred = run.predict(tta)
         preds.append(pred)
         member_reports[run_dir.name] = run.task.metrics(pred, run)
         log.info("member %s: %s", run_dir.name, run.task.summary_line(member_reports[run_dir.name]))
     task = first.task
-    out_dir = Path(out_dir or Path(folder) / ("ensemble_tta" if tta else "ensemble"))
-    report = write_evaluation(out_dir, task, task.combine(preds), first, f"ensemble of {len(members)}{' + flip TTA' if tta else ''}",
+    out_dir = Path(out_dir or Path(folder) / default_folder("ensemble", tta, split))
+    report = write_evaluation(out_dir, task, task.combine(preds), first, f"ensemble of {len(members)}{title_suffix(tta, split)}",
                               visualize, {"ensemble_of": [str(m) for m in members], "tta": tta}, options)
     report["members"] = {name: scalar_metrics(r) for name, r in member_reports.items()}
     names = [k for k in report["members"][members[0].name] if all(k in r for r in report["members"].values())]
@@ -133,7 +152,7 @@ def evaluate_ensemble(folder: Path, tta: bool = False, visualize: bool = False, 
     return report
 
 
-SKIP_KEYS = {"seed", "n_images", "n_samples", "tta"}
+SKIP_KEYS = {"seed", "n_images", "n_samples", "tta", "split"}
 
 
 def scalar_metrics(report: dict[str, Any]) -> dict[str, float]:
@@ -215,15 +234,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError("give exactly one of run_dir=..., ensemble=..., sweep=..., compare=[a,b]")
     out = Path(cfg.output_dir) if cfg.get("output_dir") else None
     options = {"samples": list(cfg.samples) if cfg.get("samples") else None}
+    split = cfg.get("split") or "test"
     if modes[0] == "run_dir":
         return evaluate_single(Path(cfg.run_dir), cfg.tta, cfg.visualize, out, cfg.get("checkpoint"),
-                               list(cfg.get("overrides") or []), options)
+                               list(cfg.get("overrides") or []), options, split)
     if cfg.get("checkpoint") or cfg.get("overrides"):
         raise ValueError("checkpoint= and overrides= apply to run_dir= only")
     if modes[0] == "ensemble":
-        return evaluate_ensemble(Path(cfg.ensemble), cfg.tta, cfg.visualize, out, options)
-    if cfg.tta or cfg.visualize:
-        raise ValueError(f"tta= and visualize= apply to run_dir= and ensemble=; {modes[0]}= reads the members' own test reports")
+        return evaluate_ensemble(Path(cfg.ensemble), cfg.tta, cfg.visualize, out, options, split)
+    if cfg.tta or cfg.visualize or split != "test":
+        raise ValueError(f"tta=, visualize= and split= apply to run_dir= and ensemble=; {modes[0]}= reads the members' own test reports")
     if modes[0] == "sweep":
         return summarize_sweep(Path(cfg.sweep), out)
     if len(cfg.compare) != 2:
