@@ -36,6 +36,16 @@ CONFIGS = {
     "main-lite0-heatmap-70ep": ["experiment=cxr_complete", "model/head=heatmap", "phase.stages.finetune.epochs=70"],
     # the same with an exponential moving average of the weights (callbacks=ema, decay 0.998: about 12 epochs)
     "main-lite0-heatmap-70ep-ema": ["experiment=cxr_complete", "model/head=heatmap", "phase.stages.finetune.epochs=70", "callbacks=ema"],
+    # a 30-epoch screen (about 17 minutes each) of the heat-map head and augmentation against screen30-base, one
+    # change at a time, chosen by validation; the winner is then run at the main job's 70 epochs
+    "screen30-base": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30"],
+    "screen30-c64": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "model.head.channels=64"],
+    "screen30-stride4-c64": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "model.head.channels=64",
+                             "model.head.out_indices=[1,2,3,4]"],
+    "screen30-hmw0": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "model.head.heatmap_loss_weight=0"],
+    "screen30-hmw3": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "model.head.heatmap_loss_weight=3"],
+    "screen30-sigma2": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "model.head.sigma=2"],
+    "screen30-scale": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "++data.augment.scale=[0.9,1.1]"],
     # bf16 autocast against fp32 where bf16 is fast (ResNet: about 2x, BENCHMARKS "CPU speed"), on validation:
     # the main job's recipe on a randomly initialised ResNet-18 (no ImageNet weights here), 20 epochs
     "resnet18-heatmap-fp32": ["experiment=cxr_complete", "model=resnet18", "phase.stages.finetune.epochs=20"],
