@@ -125,8 +125,8 @@ def train_ferplus(args) -> None:
         "val_accuracy": run["summary"]["stages"][list(run["summary"]["stages"])[-1]]["best_score"],
         **report_numbers(rep),
         "epochs": run["epochs"], "seconds_per_epoch": run["seconds_per_epoch"], "train_seconds": run["train_seconds"],
-        "command": run["command"], "note": args.note, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "flip_tta": flip_tta(RUNS / name),
+        "command": run["command"], "note": args.note or runs.get(name, {}).get("note", ""),
+        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "flip_tta": flip_tta(RUNS / name),
     }
     validated = {k: headline(v) for k, v in runs.items() if v.get("val_accuracy") is not None}
     chosen = max(validated, key=lambda k: validated[k]["val_accuracy"])
