@@ -36,6 +36,8 @@ CONFIGS = {
     "main-lite0-heatmap-70ep": ["experiment=cxr_complete", "model/head=heatmap", "phase.stages.finetune.epochs=70"],
     # the same with an exponential moving average of the weights (callbacks=ema, decay 0.998: about 12 epochs)
     "main-lite0-heatmap-70ep-ema": ["experiment=cxr_complete", "model/head=heatmap", "phase.stages.finetune.epochs=70", "callbacks=ema"],
+    # 100 epochs: the 70-epoch EMA run took 23 s per epoch (median) in session 7, so 100 may fit 45 minutes
+    "main-lite0-heatmap-100ep": ["experiment=cxr_complete", "model/head=heatmap", "phase.stages.finetune.epochs=100"],
     # a 30-epoch screen (about 17 minutes each) of the heat-map head and augmentation against screen30-base, one
     # change at a time, chosen by validation; the winner is then run at the main job's 70 epochs
     "screen30-base": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30"],
