@@ -10,6 +10,7 @@ epoch's val/mean_px); their test errors are reported, never used to choose.
 
     python benchmarks/cxr_landmarks.py --configs main-lite0-mlp,main-lite0-heatmap
     python benchmarks/cxr_landmarks.py --quick               # tiny subset, 1 epoch (checks the script only)
+    python benchmarks/cxr_landmarks.py --merge ../wt/benchmarks/results/cxr_landmarks.json   # results of a worktree's chain
 """
 
 from __future__ import annotations
@@ -77,40 +78,53 @@ def run_config(name: str, overrides: list[str], seed: int, quick: bool, extra: l
     }
 
 
+def summarize(results: dict, seed: int, quick: bool) -> None:
+    """The headline: the main-* configuration with the best validation error (never chosen on test)."""
+    done = {k: v for k, v in results["configurations"].items() if v.get("quick") == quick}
+    pool = {k: v for k, v in done.items() if k.startswith("main-")} or done
+    best = min(pool, key=lambda k: pool[k]["val_mean_px"])
+    results.update({
+        "benchmark": "cxr_landmarks: 15 landmarks, test split of 144 images, errors in pixels of the 299x299 original",
+        "protocol": "main job: experiment=cxr_complete; recipe chosen among the main-* configurations by validation mean px",
+        "seed": seed,
+        "best_configuration": best,
+        "val_mean_px": pool[best]["val_mean_px"],
+        "test_mean_px": pool[best]["test_mean_px"],
+        "test_median_px": pool[best]["test_median_px"],
+        "per_category_mean_px": pool[best]["per_category_mean_px"],
+        "seconds_per_epoch": pool[best]["seconds_per_epoch"],
+        "peak_memory_mb": pool[best]["peak_memory_mb"],
+        "machine": machine(),
+        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "references_px": {"seed_project_resnet18_imagenet_complete": 8.13, "seed_project_mse": 11.34,
+                          "best_public_ensemble4_tta": 3.71, "best_public_single_tta": 4.04},
+    })
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {list(CONFIGS)}")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--quick", action="store_true", help="tiny subset, 1 epoch per phase: checks the script, not the model")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--merge", nargs="+", type=Path, default=[],
+                        help="merge the configurations of these results files (e.g. a worktree's) and re-derive the headline")
     parser.add_argument("extra", nargs="*", help="extra Hydra overrides passed to every run")
     args = parser.parse_args()
 
     results = load_results(args.results, {"configurations": {}})
+    for path in args.merge:
+        # configurations measured elsewhere (a worktree's chain at a fixed commit) join this file
+        results["configurations"].update(load_results(path, {"configurations": {}})["configurations"])
+    if args.merge:
+        summarize(results, args.seed, args.quick)
+        save_results(args.results, results)
+        return
     for name in args.configs.split(","):
         if name not in CONFIGS:
             raise SystemExit(f"unknown configuration {name!r}; choose from {list(CONFIGS)}")
         results["configurations"][name] = run_config(name, CONFIGS[name], args.seed, args.quick, args.extra)
-        done = {k: v for k, v in results["configurations"].items() if v.get("quick") == args.quick}
-        main_runs = {k: v for k, v in done.items() if k.startswith("main-")} or done
-        best = min(main_runs, key=lambda k: main_runs[k]["val_mean_px"])  # chosen on validation, never on test
-        pool = main_runs
-        results.update({
-            "benchmark": "cxr_landmarks: 15 landmarks, test split of 144 images, errors in pixels of the 299x299 original",
-            "protocol": "main job: experiment=cxr_complete; recipe chosen among the main-* configurations by validation mean px",
-            "seed": args.seed,
-            "best_configuration": best,
-            "val_mean_px": pool[best]["val_mean_px"],
-            "test_mean_px": pool[best]["test_mean_px"],
-            "test_median_px": pool[best]["test_median_px"],
-            "per_category_mean_px": pool[best]["per_category_mean_px"],
-            "seconds_per_epoch": pool[best]["seconds_per_epoch"],
-            "peak_memory_mb": pool[best]["peak_memory_mb"],
-            "machine": machine(),
-            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "references_px": {"seed_project_resnet18_imagenet_complete": 8.13, "seed_project_mse": 11.34,
-                              "best_public_ensemble4_tta": 3.71, "best_public_single_tta": 4.04},
-        })
+        summarize(results, args.seed, args.quick)
         save_results(args.results, results)
         print(f"{name}: test mean {results['configurations'][name]['test_mean_px']:.2f} px", flush=True)
 
