@@ -101,6 +101,18 @@ def test_killed_run_resumes_from_last_checkpoint(make_cfg):
     assert summary["stages"]["head_only"]["seconds"] == pytest.approx(sum(float(r["epoch_seconds"]) for r in history))
 
 
+def test_last_checkpoint_is_the_last_epoch_even_when_it_is_not_the_best(make_cfg):
+    # monitoring the epoch number downwards makes epoch 0 the best for good: best.ckpt stays there, while
+    # last.ckpt, the resume point, must follow every epoch (Lightning 2.6's save_last alone would not)
+    cfg = make_cfg(["phase=head_only", "phase.stages.head_only.epochs=3", "trainer.max_epochs=null", "test=false",
+                    "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min", *SHORT])
+    train(cfg)
+    folder = Path(cfg.paths.output_dir) / "checkpoints/head_only"
+    assert safe_torch_load(folder / "best.ckpt")["epoch"] == 0
+    assert safe_torch_load(folder / "last.ckpt")["epoch"] == 2
+    assert sorted(p.name for p in folder.iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
 def test_incomplete_stage_and_epoch_cap(make_cfg):
     from studykit.training.run import stage_plan
 

@@ -110,9 +110,10 @@ def build_trainer(cfg: DictConfig, stage: str, stage_cfg: dict[str, Any], run_di
     for name, spec in (cfg.get("callbacks") or {}).items():
         if spec is None:
             continue
-        if name == "model_checkpoint":
-            checkpoint = instantiate(spec, dirpath=str(run_dir / "checkpoints" / stage))
-            callbacks.append(checkpoint)
+        if name in ("model_checkpoint", "last_checkpoint"):
+            saver = instantiate(spec, dirpath=str(run_dir / "checkpoints" / stage))
+            callbacks.append(saver)
+            checkpoint = saver if name == "model_checkpoint" else checkpoint
         elif name == "early_stopping":
             patience = stage_cfg.get("patience", spec.get("patience"))
             callbacks.append(instantiate(spec, patience=patience))
