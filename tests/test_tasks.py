@@ -103,8 +103,9 @@ def test_every_evaluate_mode_serves_every_task(task_sweep, tmp_path):
 @pytest.mark.slow
 def test_options_a_mode_does_not_use_are_refused(task_sweep, tmp_path):
     _, folder, cache = task_sweep
-    with pytest.raises(ValueError, match="tta= and visualize= apply to run_dir= and ensemble="):
-        run_evaluate([f"sweep={folder}", "tta=true"], tmp_path, cache)
+    for option in ("tta=true", "split=val"):
+        with pytest.raises(ValueError, match="tta=, visualize= and split= apply to run_dir= and ensemble="):
+            run_evaluate([f"sweep={folder}", option], tmp_path, cache)
     with pytest.raises(ValueError, match="checkpoint= and overrides= apply to run_dir= only"):
         run_evaluate([f"ensemble={folder}", "overrides=['data.batch_size=4']"], tmp_path, cache)
 

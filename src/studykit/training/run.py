@@ -198,7 +198,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except FloatingPointError as err:
-            kept = checkpoint.last_model_path or checkpoint.best_model_path if checkpoint is not None else None
+            # the monitor-less last_checkpoint's file (every epoch's), else best.ckpt
+            latest = [cb.best_model_path for cb in trainer.checkpoint_callbacks if cb.monitor is None and cb.best_model_path]
+            kept = latest[0] if latest else (checkpoint.best_model_path if checkpoint is not None else None)
             raise FloatingPointError(f"{err}; last good checkpoint: {kept or 'none saved yet'}") from err
         # a resumed stage: the epochs of earlier processes count too (history.csv keeps their times)
         seconds = stage_seconds(run_dir / "history.csv", stage) or (time.perf_counter() - start)
