@@ -49,6 +49,13 @@ CONFIGS = {
     "screen30-hmw3": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "model.head.heatmap_loss_weight=3"],
     "screen30-sigma2": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "model.head.sigma=2"],
     "screen30-scale": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "++data.augment.scale=[0.9,1.1]"],
+    # does the recipe gain from more training images? The same 30 epochs on the first 535 of the 669 training
+    # images (80%; the CSV's order is mixed, so a random subset): decides, on validation, whether the main job
+    # refits its chosen recipe on train + val (813 images)
+    "screen30-train80": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "data.prepare.limit_per_split={train:535}"],
+    # the chosen recipe, unchanged, refit on train + val: no validation left, the last epoch is tested
+    "refit-main-lite0-heatmap-70ep": ["experiment=cxr_complete", "model/head=heatmap", "phase.stages.finetune.epochs=70",
+                                      "data.fit_splits=[train,val]"],
     # bf16 autocast against fp32 where bf16 is fast (ResNet: about 2x, BENCHMARKS "CPU speed"), on validation:
     # the main job's recipe on a randomly initialised ResNet-18 (no ImageNet weights here), 20 epochs
     "resnet18-heatmap-fp32": ["experiment=cxr_complete", "model=resnet18", "phase.stages.finetune.epochs=20"],
@@ -81,19 +88,25 @@ def run_config(name: str, overrides: list[str], seed: int, quick: bool, extra: l
 def summarize(results: dict, seed: int, quick: bool) -> None:
     """The headline: the main-* configuration with the best validation error (never chosen on test)."""
     done = {k: v for k, v in results["configurations"].items() if v.get("quick") == quick}
-    pool = {k: v for k, v in done.items() if k.startswith("main-")} or done
+    # refit-* runs trained on the validation split: they have no validation error to be chosen by
+    validated = {k: v for k, v in done.items() if v.get("val_mean_px") is not None}
+    pool = {k: v for k, v in validated.items() if k.startswith("main-")} or validated
     best = min(pool, key=lambda k: pool[k]["val_mean_px"])
+    # the chosen recipe refit on train + val, where it ran, is the main job
+    main = f"refit-{best}" if f"refit-{best}" in done else best
     results.update({
         "benchmark": "cxr_landmarks: 15 landmarks, test split of 144 images, errors in pixels of the 299x299 original",
-        "protocol": "main job: experiment=cxr_complete; recipe chosen among the main-* configurations by validation mean px",
+        "protocol": "main job: experiment=cxr_complete; recipe chosen among the main-* configurations by validation mean "
+                    "px, then refit on train + val (refit-<recipe>) where that run exists",
         "seed": seed,
         "best_configuration": best,
+        "main_job_configuration": main,
         "val_mean_px": pool[best]["val_mean_px"],
-        "test_mean_px": pool[best]["test_mean_px"],
-        "test_median_px": pool[best]["test_median_px"],
-        "per_category_mean_px": pool[best]["per_category_mean_px"],
-        "seconds_per_epoch": pool[best]["seconds_per_epoch"],
-        "peak_memory_mb": pool[best]["peak_memory_mb"],
+        "test_mean_px": done[main]["test_mean_px"],
+        "test_median_px": done[main]["test_median_px"],
+        "per_category_mean_px": done[main]["per_category_mean_px"],
+        "seconds_per_epoch": done[main]["seconds_per_epoch"],
+        "peak_memory_mb": done[main]["peak_memory_mb"],
         "machine": machine(),
         "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "references_px": {"seed_project_resnet18_imagenet_complete": 8.13, "seed_project_mse": 11.34,

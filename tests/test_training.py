@@ -113,6 +113,51 @@ def test_last_checkpoint_is_the_last_epoch_even_when_it_is_not_the_best(make_cfg
     assert sorted(p.name for p in folder.iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
+def test_refit_on_train_and_val_trains_on_both_validates_nothing_and_tests_the_last_epoch(make_cfg):
+    from studykit.training.run import build_datamodule
+
+    overrides = ["phase=head_only", "phase.stages.head_only.epochs=2", "trainer.max_epochs=null", "data.batch_size=8",
+                 "data.fit_splits=[train,val]", "callbacks.early_stopping.patience=0"]
+    datamodule = build_datamodule(make_cfg(overrides))
+    datamodule.setup("fit")
+    # 16 training + 8 validation images, each part with its own training transforms
+    assert len(datamodule.train_set) == 24 and all(part.train for part in datamodule.train_set.datasets)
+    ids = {datamodule.train_set[i]["index"] for i in range(16, 24)}
+    assert ids == set(range(8))
+
+    cfg = make_cfg(overrides)
+    summary = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    folder = run / "checkpoints/head_only"
+    # no best.ckpt: nothing held out to choose by; the last epoch is tested, and early stopping (patience 0,
+    # which would end a monitored run after its first epoch) is off
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt"]
+    assert safe_torch_load(folder / "last.ckpt")["epoch"] == 1
+    stage = summary["stages"]["head_only"]
+    assert stage["epochs_run"] == 2 and stage["best_score"] is None and stage["monitor"] is None
+    assert stage["best_checkpoint"] == str(folder / "last.ckpt")
+    history = list(csv.DictReader((run / "history.csv").open()))
+    assert len(history) == 2 and all(float(r["train/loss"]) > 0 and not r.get("val/mean_px") for r in history)
+    assert json.loads((run / "test_report.json").read_text())["n_images"] == 8
+
+    # evaluate.py finds the tested weights, and refuses a validation score of a run that trained on val
+    report = evaluate(make_cfg([f"run_dir={run}"], config_name="evaluate", tiny=False))
+    assert report["mean_px"] == pytest.approx(summary["test"]["mean_px"], rel=1e-5)
+    with pytest.raises(ValueError, match="trained on the validation split"):
+        evaluate(make_cfg([f"run_dir={run}", "split=val"], config_name="evaluate", tiny=False))
+
+
+@pytest.mark.parametrize("splits, message", [("[train,test]", "test split"), ("[]", "is empty"),
+                                             ("[train,train]", "names a split twice")])
+def test_fit_splits_refuses_the_test_split_and_nonsense(make_cfg, splits, message):
+    from hydra.errors import InstantiationException
+
+    from studykit.training.run import build_datamodule
+
+    with pytest.raises(InstantiationException, match=message):  # Hydra wraps the data module's ValueError
+        build_datamodule(make_cfg([f"data.fit_splits={splits}"]))
+
+
 def test_incomplete_stage_and_epoch_cap(make_cfg):
     from studykit.training.run import stage_plan
 

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, WeightedRandomSampler
 
 from studykit.data.cache import CacheStatus, read_manifest
 from studykit.utils.io import safe_torch_load
@@ -36,6 +36,28 @@ def balanced_sampler(labels: np.ndarray, seed: int) -> WeightedRandomSampler:
                                  generator=torch.Generator().manual_seed(int(seed)))
 
 
+class SplitsDataset(ConcatDataset):
+    """The training items of several splits (`data.fit_splits`), each split with its training transforms."""
+
+    def reseed(self, seed: int) -> None:
+        for offset, part in enumerate(self.datasets):
+            part.reseed(seed + offset)  # the parts must not repeat each other's augmentation draws
+
+    def sample_labels(self) -> np.ndarray:
+        return np.concatenate([part.sample_labels() for part in self.datasets])
+
+
+def check_fit_splits(fit_splits: Sequence[str]) -> tuple[str, ...]:
+    splits = tuple(str(s) for s in fit_splits)
+    if not splits:
+        raise ValueError("data.fit_splits is empty: name the splits to train on, e.g. [train] or [train, val]")
+    if "test" in splits:
+        raise ValueError(f"data.fit_splits={list(splits)} would train on the test split, which only reports results")
+    if len(set(splits)) != len(splits):
+        raise ValueError(f"data.fit_splits={list(splits)} names a split twice")
+    return splits
+
+
 def _worker_init(worker_id: int) -> None:
     info = torch.utils.data.get_worker_info()
     info.dataset.reseed(info.seed % 2**32)
@@ -43,11 +65,15 @@ def _worker_init(worker_id: int) -> None:
 
 class CachedDataModule(L.LightningDataModule):
     """Subclasses implement `build_cache()` (returns the CacheStatus of their preparation function) and
-    `dataset(split, train)`; splits are loaded from `<cache folder>/<split>.pt` with weights_only=True."""
+    `dataset(split, train)`; splits are loaded from `<cache folder>/<split>.pt` with weights_only=True.
+
+    fit_splits: the splits trained on, [train] by default. [train, val] refits a recipe chosen on validation
+    on both splits (more images, no held-out split left: the trainer then skips validation, see
+    `studykit.training.run.fits_on_val`); the test split is refused."""
 
     def __init__(self, name: str, root: str, cache_dir: str, prepare: dict[str, Any], batch_size: int, num_workers: int,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, seed: int = 0,
-                 balanced_sampling: bool = False):
+                 balanced_sampling: bool = False, fit_splits: Sequence[str] = ("train",)):
         super().__init__()
         self.name = name
         self.root = root
@@ -58,6 +84,7 @@ class CachedDataModule(L.LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.seed = seed
         self.balanced_sampling = bool(balanced_sampling)
+        self.fit_splits = check_fit_splits(fit_splits)
         self.cache_folder: Path | None = None
         self.splits: dict[str, dict[str, Any]] = {}
 
@@ -91,12 +118,16 @@ class CachedDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
-            self.train_set = self.dataset("train")
+            self.train_set = self.training_set()
             self.val_set = self.dataset("val")
         if stage in (None, "validate"):
             self.val_set = self.dataset("val")
         if stage in (None, "test", "predict"):
             self.test_set = self.dataset("test")
+
+    def training_set(self) -> Dataset:
+        parts = [self.dataset(split, train=True) for split in self.fit_splits]
+        return parts[0] if len(parts) == 1 else SplitsDataset(parts)
 
     def _loader(self, data: Dataset, shuffle: bool, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,

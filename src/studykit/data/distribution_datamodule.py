@@ -78,8 +78,10 @@ class DistributionDataModule(CachedDataModule):
     def __init__(self, name: str, root: str, cache_dir: str, prepare: dict[str, Any], input_size: int = 64,
                  batch_size: int = 64, num_workers: int = 0, augment: dict[str, Any] | None = None,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, seed: int = 0,
-                 train_target: str = "distribution", balanced_sampling: bool = False):
-        super().__init__(name, root, cache_dir, prepare, batch_size, num_workers, mean, std, seed, balanced_sampling)
+                 train_target: str = "distribution", balanced_sampling: bool = False,
+                 fit_splits: Sequence[str] = ("train",)):
+        super().__init__(name, root, cache_dir, prepare, batch_size, num_workers, mean, std, seed, balanced_sampling,
+                         fit_splits)
         if train_target not in TARGETS:
             raise ValueError(f"data.train_target must be one of {TARGETS}, got {train_target!r}")
         self.train_target = train_target

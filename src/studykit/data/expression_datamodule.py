@@ -109,8 +109,9 @@ class ExpressionDataModule(CachedDataModule):
                  num_workers: int = 0, augment: dict[str, Any] | None = None, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, seed: int = 0, split_by: str = "subject",
                  val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0, balanced_sampling: bool = False,
-                 train_target: str = "majority"):
-        super().__init__(name, root, cache_dir, prepare, batch_size, num_workers, mean, std, seed, balanced_sampling)
+                 train_target: str = "majority", fit_splits: Sequence[str] = ("train",)):
+        super().__init__(name, root, cache_dir, prepare, batch_size, num_workers, mean, std, seed, balanced_sampling,
+                         fit_splits)
         if train_target not in TARGETS:
             raise ValueError(f"data.train_target must be one of {TARGETS}, got {train_target!r}")
         self.train_target = train_target

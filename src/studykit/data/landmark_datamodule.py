@@ -95,8 +95,9 @@ class LandmarkDataModule(CachedDataModule):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         seed: int = 0,
+        fit_splits: Sequence[str] = ("train",),
     ):
-        super().__init__(name, root, cache_dir, prepare, batch_size, num_workers, mean, std, seed)
+        super().__init__(name, root, cache_dir, prepare, batch_size, num_workers, mean, std, seed, fit_splits=fit_splits)
         self.flip_pairs = [tuple(p) for p in flip_pairs]
         self.input_size = input_size
         self.augment = dict(augment or {})

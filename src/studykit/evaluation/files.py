@@ -22,10 +22,15 @@ def run_config(run_dir: Path) -> DictConfig:
 
 
 def best_checkpoint(run_dir: Path, cfg: DictConfig) -> Path:
+    """The weights a run tested: its last phase's best.ckpt, or last.ckpt where it trained on the validation
+    split (`data.fit_splits`) and had no epoch to choose."""
+    from studykit.training.run import fits_on_val
+
     stages = list(OmegaConf.to_container(cfg.phase.stages))
-    path = Path(run_dir) / "checkpoints" / stages[-1] / "best.ckpt"
+    name = "last.ckpt" if fits_on_val(cfg) else "best.ckpt"
+    path = Path(run_dir) / "checkpoints" / stages[-1] / name
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the run's last phase ({stages[-1]}) saved no best checkpoint")
+        raise FileNotFoundError(f"{path} not found: the run's last phase ({stages[-1]}) saved no {name}")
     return path
 
 

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 def load_trained_module(run_dir: Path, cfg: DictConfig, checkpoint: Path | None = None):
     """The run's LightningModule (laid out as its hardware config says) with the weights of `checkpoint`,
-    by default its last phase's best.ckpt; in eval mode."""
+    by default the one it tested (`best_checkpoint`); in eval mode."""
     from studykit.training.run import build_module
 
     module = build_module(cfg)
@@ -60,7 +60,7 @@ class LoadedRun:
 
     def __init__(self, run_dir: Path, checkpoint: Path | None = None, overrides: list[str] | None = None,
                  split: str = "test"):
-        from studykit.training.run import build_datamodule
+        from studykit.training.run import build_datamodule, fits_on_val
 
         if split not in SPLITS:
             raise ValueError(f"split={split!r}: evaluate one of {SPLITS}")
@@ -71,6 +71,9 @@ class LoadedRun:
         if overrides:
             self.cfg = OmegaConf.merge(self.cfg, OmegaConf.from_dotlist(list(overrides)))
         self.task: Task = task_of(self.cfg)
+        if split == "val" and fits_on_val(self.cfg):
+            raise ValueError(f"{self.run_dir} trained on the validation split (data.fit_splits="
+                             f"{list(self.cfg.data.fit_splits)}): its validation error measures nothing held out")
         self.checkpoint = Path(checkpoint) if checkpoint else best_checkpoint(self.run_dir, self.cfg)
         self.datamodule = build_datamodule(self.cfg)
         self.datamodule.prepare_data()

@@ -105,16 +105,28 @@ def build_loggers(cfg: DictConfig, stage: str) -> list:
     return loggers
 
 
+def fits_on_val(cfg: DictConfig) -> bool:
+    """Whether the run trains on the validation split (`data.fit_splits: [train, val]`, a refit of a recipe
+    chosen on validation). No held-out split is left to choose an epoch by or stop early on, so such a run
+    skips validation and tests its last epoch (last.ckpt)."""
+    return "val" in list(OmegaConf.select(cfg, "data.fit_splits", default=None) or ["train"])
+
+
 def build_trainer(cfg: DictConfig, stage: str, stage_cfg: dict[str, Any], run_dir: Path) -> tuple[L.Trainer, Any]:
     callbacks, checkpoint = [], None
+    refit = fits_on_val(cfg)
     for name, spec in (cfg.get("callbacks") or {}).items():
         if spec is None:
             continue
         if name in ("model_checkpoint", "last_checkpoint"):
+            if refit and name == "model_checkpoint":
+                continue  # no validation to choose an epoch by: last_checkpoint's last.ckpt is the one kept
             saver = instantiate(spec, dirpath=str(run_dir / "checkpoints" / stage))
             callbacks.append(saver)
-            checkpoint = saver if name == "model_checkpoint" else checkpoint
+            checkpoint = saver if name == "model_checkpoint" or refit else checkpoint
         elif name == "early_stopping":
+            if refit:
+                continue
             patience = stage_cfg.get("patience", spec.get("patience"))
             callbacks.append(instantiate(spec, patience=patience))
         elif name == "lr_monitor" and not cfg.get("logger"):
@@ -126,6 +138,8 @@ def build_trainer(cfg: DictConfig, stage: str, stage_cfg: dict[str, Any], run_di
             callbacks.append(cb)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_kwargs = {k: v for k, v in trainer_kwargs.items() if v is not None and k != "max_epochs"}
+    if refit:
+        trainer_kwargs.update(limit_val_batches=0, num_sanity_val_steps=0)
     trainer = L.Trainer(
         max_epochs=int(stage_cfg["epochs"]),
         callbacks=callbacks,
@@ -173,6 +187,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg)
 
     plan = stage_plan(cfg)
+    if fits_on_val(cfg):
+        log.info("data.fit_splits=%s: the validation split is trained on, so nothing is validated and each stage "
+                 "keeps its last epoch", list(cfg.data.fit_splits))
     resume_stage = Path(cfg.ckpt_path).parent.name if cfg.get("ckpt_path") else None
     if resume_stage is not None and resume_stage not in dict(plan):
         raise ValueError(f"ckpt_path {cfg.ckpt_path}: its folder {resume_stage!r} is not a stage of this phase plan {[s for s, _ in plan]}")
@@ -214,7 +231,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "seconds_per_epoch": seconds / max(1, epochs_run),
             "best_checkpoint": best_path,
             "best_score": float(best_score) if best_score is not None else None,
-            "monitor": cfg.task.monitor,
+            "monitor": None if fits_on_val(cfg) else cfg.task.monitor,
         }
     summary["memory"] = peak_memory_mb()
 
