@@ -17,6 +17,7 @@ from studykit.evaluation.runner import (
     evaluate_single,
     read_landmark_predictions,
     summarize_sweep,
+    summary_line,
 )
 from studykit.evaluation.stats import mean_std, paired_test
 from studykit.losses.landmark import gaussian_maps, js_divergence_maps
@@ -132,6 +133,7 @@ def test_validation_split_evaluation_for_choices_made_before_test(sweep, tmp_pat
     val_ids = list(val.datamodule.val_set.image_id)
     report = evaluate_single(run_dir, tta=True, out_dir=tmp_path / "val", split="val")
     assert report["split"] == "val" and report["tta"] and report["n_images"] == len(val_ids)
+    assert summary_line(report).startswith("val mean ")  # what evaluate.py prints names the split it scored
     ids, written = read_landmark_predictions(tmp_path / "val" / "test_predictions.csv")
     assert list(ids) == val_ids and not set(val_ids) & set(LoadedRun(run_dir).test_set.image_id)
     per_image = lm.per_image_errors(val.predict(tta=True), lm.targets_px(val.datamodule.val_set))

@@ -96,5 +96,6 @@ class ClassificationTask(Task):
         per_class_png(out_dir / "per_class.png", report["per_class"])
 
     def summary_line(self, report: dict[str, Any]) -> str:
-        return (f"test accuracy {report['accuracy']:.4f}, macro-F1 {report['f1_macro']:.4f}, balanced accuracy "
+        return (f"{report.get('split', 'test')} accuracy {report['accuracy']:.4f}, macro-F1 {report['f1_macro']:.4f}, "
+                f"balanced accuracy "
                 f"{report['balanced_accuracy']:.4f} on {report['n_samples']} samples")

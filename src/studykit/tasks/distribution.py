@@ -133,5 +133,6 @@ class DistributionTask(Task):
             tsne_map(out_dir / "tsne_embeddings.png", feats[keep], target.argmax(1)[keep], classes)
 
     def summary_line(self, report: dict[str, Any]) -> str:
-        return (f"test KL {report['kl']:.4f}, TVD {report['tvd']:.4f}, EMD {report['emd']:.4f}, accuracy "
+        return (f"{report.get('split', 'test')} KL {report['kl']:.4f}, TVD {report['tvd']:.4f}, EMD {report['emd']:.4f}, "
+                f"accuracy "
                 f"{report['accuracy']:.3f} on {report['n_samples']} samples")

@@ -61,4 +61,5 @@ class LandmarkTask(Task):
             summary_plots(out_dir / "plots", point_errors, cats, images, t_img, p_img, test.image_id, title="")
 
     def summary_line(self, report: dict[str, Any]) -> str:
-        return f"test mean {report['mean_px']:.2f} px, median {report['median_px']:.2f} px on {report['n_images']} images"
+        split = report.get("split", "test")  # evaluate.py split=val scores the validation split
+        return f"{split} mean {report['mean_px']:.2f} px, median {report['median_px']:.2f} px on {report['n_images']} images"
