@@ -24,8 +24,8 @@ prepare: ## build the cached tensors of a data set (ARGS="data=cxr_landmarks")
 preprocess: ## run the cached face pipeline (MTCNN, CLAHE, dlib, crop, 4-channel) on JAFFE
 	$(PY) preprocess.py data=jaffe $(ARGS)
 
-train: ## the main job: X-ray landmarks, EfficientNet-Lite0 (ImageNet) + heat-map head, complete loss, warm-up + cosine
-	$(PY) train.py experiment=cxr_complete $(ARGS)
+train: ## the main job: X-ray landmarks, EfficientNet-Lite0 (ImageNet) + heat-map head, complete loss, warm-up + cosine, refit on train + val
+	$(PY) train.py experiment=cxr_refit $(ARGS)
 
 evaluate: ## test a finished run (ARGS="run_dir=outputs/<run>/<time>")
 	$(PY) evaluate.py $(ARGS)

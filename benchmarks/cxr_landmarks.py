@@ -6,7 +6,8 @@ folders are reused and a stopped run resumes from its last checkpoint, so the be
 configuration at a time (--configs) and resumed after an interruption.
 
 The main job's recipe is chosen among the `main-*` configurations by *validation* mean error (the best
-epoch's val/mean_px); their test errors are reported, never used to choose.
+epoch's val/mean_px); their test errors are reported, never used to choose. The main job then refits the chosen
+recipe on train + val (`refit-<recipe>`, experiment=cxr_refit), where that run exists.
 
     python benchmarks/cxr_landmarks.py --configs main-lite0-mlp,main-lite0-heatmap
     python benchmarks/cxr_landmarks.py --quick               # tiny subset, 1 epoch (checks the script only)
@@ -53,7 +54,8 @@ CONFIGS = {
     # images (80%; the CSV's order is mixed, so a random subset): decides, on validation, whether the main job
     # refits its chosen recipe on train + val (813 images)
     "screen30-train80": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "data.prepare.limit_per_split={train:535}"],
-    # the chosen recipe, unchanged, refit on train + val: no validation left, the last epoch is tested
+    # the chosen recipe, unchanged, refit on train + val (= experiment=cxr_refit, the main job since session 8):
+    # no validation left, the last epoch is tested
     "refit-main-lite0-heatmap-70ep": ["experiment=cxr_complete", "model/head=heatmap", "phase.stages.finetune.epochs=70",
                                       "data.fit_splits=[train,val]"],
     # bf16 autocast against fp32 where bf16 is fast (ResNet: about 2x, BENCHMARKS "CPU speed"), on validation:

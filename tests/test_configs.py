@@ -225,6 +225,11 @@ def test_seed_protocol_and_main_job_recipes(tmp_path):
     assert main["hardware"]["channels_last"] and main["data"]["batch_size"] == 16
     assert main["model"]["backbone"]["pretrained"]["source"] == "package"
     assert main["model"]["head"]["type"] == "heatmap"
-    # another head replaces the main job's whole (no heat-map keys left over)
+    assert main["data"]["fit_splits"] == ["train"]  # the recipe is chosen on validation
+    # the main job refits that recipe on train + val and differs from it in nothing else
+    refit = OmegaConf.to_container(compose_cfg("train", ["experiment=cxr_refit"], tmp_path), resolve=True)
+    assert refit["data"].pop("fit_splits") == ["train", "val"]
+    assert {**refit, "data": {**refit["data"], "fit_splits": ["train"]}} == main
+    # another head replaces the recipe's whole (no heat-map keys left over)
     mlp = OmegaConf.to_container(compose_cfg("train", ["experiment=cxr_complete", "model/head=mlp_light"], tmp_path), resolve=True)
     assert mlp["model"]["head"]["type"] == "mlp" and mlp["model"]["head"]["dropout"] == [0.1, 0.0, 0.0] and "sigma" not in mlp["model"]["head"]
