@@ -113,7 +113,7 @@ def test_last_checkpoint_is_the_last_epoch_even_when_it_is_not_the_best(make_cfg
     assert sorted(p.name for p in folder.iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
-def test_refit_on_train_and_val_trains_on_both_validates_nothing_and_tests_the_last_epoch(make_cfg):
+def test_refit_on_train_and_val_trains_on_both_validates_nothing_and_tests_the_last_epoch(make_cfg, capsys):
     from studykit.training.run import build_datamodule
 
     overrides = ["phase=head_only", "phase.stages.head_only.epochs=2", "trainer.max_epochs=null", "data.batch_size=8",
@@ -125,7 +125,7 @@ def test_refit_on_train_and_val_trains_on_both_validates_nothing_and_tests_the_l
     ids = {datamodule.train_set[i]["index"] for i in range(16, 24)}
     assert ids == set(range(8))
 
-    cfg = make_cfg(overrides)
+    cfg = make_cfg([*overrides, "test_tta=true"])  # as the main job (experiment=cxr_refit) runs
     summary = train(cfg)
     run = Path(cfg.paths.output_dir)
     folder = run / "checkpoints/head_only"
@@ -139,6 +139,14 @@ def test_refit_on_train_and_val_trains_on_both_validates_nothing_and_tests_the_l
     history = list(csv.DictReader((run / "history.csv").open()))
     assert len(history) == 2 and all(float(r["train/loss"]) > 0 and not r.get("val/mean_px") for r in history)
     assert json.loads((run / "test_report.json").read_text())["n_images"] == 8
+
+    # the flip-TTA test after the plain one: printed last, with its report, as evaluate.py tta=true gives it
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1].startswith("test mean_px with flip TTA") and str(run / "evaluation_tta/test_report.md") in printed[-1]
+    assert summary["test_tta"]["tta"] and summary["test_tta"]["checkpoint"] == str(folder / "last.ckpt")
+    assert summary["test_tta"]["mean_px"] != pytest.approx(summary["test"]["mean_px"], rel=1e-6)
+    tta = evaluate(make_cfg([f"run_dir={run}", "tta=true"], config_name="evaluate", tiny=False))
+    assert tta["mean_px"] == pytest.approx(summary["test_tta"]["mean_px"], rel=1e-5)
 
     # evaluate.py finds the tested weights, and refuses a validation score of a run that trained on val
     report = evaluate(make_cfg([f"run_dir={run}"], config_name="evaluate", tiny=False))

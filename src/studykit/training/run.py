@@ -239,10 +239,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if best_path:
             load_weights(module, best_path)
         summary["test"] = test_and_report(cfg, module, datamodule, run_dir, checkpoint=best_path)
+        if cfg.get("test_tta") and rank_zero_only.rank == 0:
+            summary["test_tta"] = test_with_tta(run_dir)
     summary["memory"] = peak_memory_mb()
     if rank_zero_only.rank == 0:
         atomic_write_json(run_dir / "train_summary.json", summary)
     return summary
+
+
+def test_with_tta(run_dir: Path) -> dict[str, Any]:
+    """The run's tested weights again with flip TTA, by evaluate.py's code: <run>/evaluation_tta/."""
+    from studykit.evaluation.runner import default_folder, evaluate_single
+
+    report = evaluate_single(run_dir, tta=True)
+    primary = report["primary_metric"]["name"]
+    median = f", median {report['median_px']:.2f} px" if "median_px" in report else ""
+    print(f"test {primary} with flip TTA {report[primary]:.4f}{median}; report: "
+          f"{run_dir / default_folder('evaluation', True, 'test') / 'test_report.md'}", flush=True)
+    return report
 
 
 def test_and_report(
