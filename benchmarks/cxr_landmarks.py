@@ -12,15 +12,23 @@ recipe on train + val (`refit-<recipe>`, experiment=cxr_refit), where that run e
     python benchmarks/cxr_landmarks.py --configs main-lite0-mlp,main-lite0-heatmap
     python benchmarks/cxr_landmarks.py --quick               # tiny subset, 1 epoch (checks the script only)
     python benchmarks/cxr_landmarks.py --merge ../wt/benchmarks/results/cxr_landmarks.json   # results of a worktree's chain
+    python benchmarks/cxr_landmarks.py --tta --configs screen30-base   # flip-TTA figures of a finished run
+
+Every run is also scored with flip TTA (test, and validation where it was held out); the main job's figures use
+TTA where it lowered the validation error on average over the runs that measured both.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from datetime import datetime, timezone
 from pathlib import Path
+from statistics import mean, stdev
 
 from common import CXR_QUICK, ROOT, RUNS, load_results, machine, run_train, save_results
+
+from studykit.evaluation.runner import evaluate_single
 
 RESULTS = ROOT / "benchmarks" / "results" / "cxr_landmarks.json"
 
@@ -65,13 +73,34 @@ CONFIGS = {
 }
 
 
+def flip_tta(run_dir: Path, validated: bool) -> dict:
+    """The run's tested weights with flip TTA (evaluate.py's code): test, and validation where it was held out."""
+    test = evaluate_single(run_dir, tta=True)
+    out = {"test_tta_mean_px": test["mean_px"], "test_tta_median_px": test["median_px"],
+           "per_category_tta_mean_px": {k: v["mean_px"] for k, v in test["per_category"].items()}}
+    if validated:
+        out["val_tta_mean_px"] = evaluate_single(run_dir, tta=True, split="val")["mean_px"]
+    return out
+
+
+DEFAULT_SEED = 42
+
+
+def entry_name(name: str, seed: int) -> str:
+    """A configuration's key in the results and its run folder: other seeds than 42 get a suffix."""
+    return name if seed == DEFAULT_SEED else f"{name}-s{seed}"
+
+
 def run_config(name: str, overrides: list[str], seed: int, quick: bool, extra: list[str]) -> dict:
-    run = run_train([*overrides, f"seed={seed}", *(CXR_QUICK if quick else []), *extra], RUNS / (f"quick-{name}" if quick else name))
+    run_dir = RUNS / (f"quick-{name}" if quick else entry_name(name, seed))
+    run = run_train([*overrides, f"seed={seed}", *(CXR_QUICK if quick else []), *extra], run_dir)
     report, summary = run["report"], run["summary"]
+    val_mean_px = list(summary["stages"].values())[-1]["best_score"]
     return {
         "command": run["command"],
         "pretrained": run["pretrained"],  # model.backbone.pretrained.source of the run: none, hub, file, package
-        "val_mean_px": list(summary["stages"].values())[-1]["best_score"],
+        "seed": seed,
+        "val_mean_px": val_mean_px,
         "test_mean_px": report["mean_px"],
         "test_median_px": report["median_px"],
         "test_std_px": report["std_px"],
@@ -84,7 +113,18 @@ def run_config(name: str, overrides: list[str], seed: int, quick: bool, extra: l
         "wall_seconds": run["wall_seconds"],
         "peak_memory_mb": summary["memory"],
         "quick": quick,
+        **flip_tta(run_dir, validated=val_mean_px is not None),
     }
+
+
+def seed_spread(entries: dict) -> dict:
+    """Test mean px (plain and with flip TTA) of one configuration's seeds: each, and mean +- std."""
+    out = {"seeds": {str(v.get("seed", DEFAULT_SEED)): {"test_mean_px": v["test_mean_px"], "test_tta_mean_px": v.get("test_tta_mean_px")}
+                     for v in entries.values()}}
+    for key in ("test_mean_px", "test_tta_mean_px"):
+        values = [v[key] for v in entries.values() if v.get(key) is not None]
+        out[key] = {"mean": mean(values), "std": stdev(values) if len(values) > 1 else 0.0, "n": len(values)} if values else None
+    return out
 
 
 def summarize(results: dict, seed: int, quick: bool) -> None:
@@ -96,6 +136,10 @@ def summarize(results: dict, seed: int, quick: bool) -> None:
     best = min(pool, key=lambda k: pool[k]["val_mean_px"])
     # the chosen recipe refit on train + val, where it ran, is the main job
     main = f"refit-{best}" if f"refit-{best}" in done else best
+    # flip TTA is used where it lowered the validation error on average over the runs that measured both
+    gains = [v["val_tta_mean_px"] - v["val_mean_px"] for v in validated.values() if "val_tta_mean_px" in v]
+    tta = bool(gains) and mean(gains) < 0 and "test_tta_mean_px" in done[main]
+    suffix = "_tta" if tta else ""
     results.update({
         "benchmark": "cxr_landmarks: 15 landmarks, test split of 144 images, errors in pixels of the 299x299 original",
         "protocol": "main job: experiment=cxr_complete; recipe chosen among the main-* configurations by validation mean "
@@ -104,9 +148,15 @@ def summarize(results: dict, seed: int, quick: bool) -> None:
         "best_configuration": best,
         "main_job_configuration": main,
         "val_mean_px": pool[best]["val_mean_px"],
-        "test_mean_px": done[main]["test_mean_px"],
-        "test_median_px": done[main]["test_median_px"],
-        "per_category_mean_px": done[main]["per_category_mean_px"],
+        "tta": tta,
+        "tta_choice": {"rule": "flip TTA where it lowered the validation mean px on average over the runs that measured both",
+                       "runs": len(gains), "mean_val_change_px": mean(gains) if gains else None},
+        "test_mean_px": done[main][f"test{suffix}_mean_px"],
+        "test_median_px": done[main][f"test{suffix}_median_px"],
+        "test_mean_px_without_tta": done[main]["test_mean_px"],
+        # the main job's configuration over every seed that ran (<main>, <main>-s<k>)
+        "main_job_seeds": seed_spread({k: v for k, v in done.items() if k == main or re.fullmatch(rf"{re.escape(main)}-s\d+", k)}),
+        "per_category_mean_px": done[main][f"per_category{suffix}_mean_px"],
         "seconds_per_epoch": done[main]["seconds_per_epoch"],
         "peak_memory_mb": done[main]["peak_memory_mb"],
         "machine": machine(),
@@ -119,9 +169,11 @@ def summarize(results: dict, seed: int, quick: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {list(CONFIGS)}")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="other seeds than 42 are kept as <configuration>-s<seed>")
     parser.add_argument("--quick", action="store_true", help="tiny subset, 1 epoch per phase: checks the script, not the model")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--tta", action="store_true",
+                        help="only add the flip-TTA figures of the --configs' finished runs (measured before TTA was scored)")
     parser.add_argument("--merge", nargs="+", type=Path, default=[],
                         help="merge the configurations of these results files (e.g. a worktree's) and re-derive the headline")
     parser.add_argument("extra", nargs="*", help="extra Hydra overrides passed to every run")
@@ -129,8 +181,10 @@ def main() -> None:
 
     results = load_results(args.results, {"configurations": {}})
     for path in args.merge:
-        # configurations measured elsewhere (a worktree's chain at a fixed commit) join this file
-        results["configurations"].update(load_results(path, {"configurations": {}})["configurations"])
+        # configurations measured elsewhere (a worktree's chain at a fixed commit) join this file; figures added
+        # here since (--tta) are kept where the worktree's entry lacks them
+        for name, entry in load_results(path, {"configurations": {}})["configurations"].items():
+            results["configurations"][name] = {**results["configurations"].get(name, {}), **entry}
     if args.merge:
         summarize(results, args.seed, args.quick)
         save_results(args.results, results)
@@ -138,10 +192,17 @@ def main() -> None:
     for name in args.configs.split(","):
         if name not in CONFIGS:
             raise SystemExit(f"unknown configuration {name!r}; choose from {list(CONFIGS)}")
-        results["configurations"][name] = run_config(name, CONFIGS[name], args.seed, args.quick, args.extra)
+        key = entry_name(name, args.seed)
+        if args.tta:
+            entry = results["configurations"][key]
+            entry.update(flip_tta(RUNS / (f"quick-{name}" if args.quick else key), entry["val_mean_px"] is not None))
+            summarize(results, args.seed, args.quick)
+            save_results(args.results, results)
+            continue
+        results["configurations"][key] = run_config(name, CONFIGS[name], args.seed, args.quick, args.extra)
         summarize(results, args.seed, args.quick)
         save_results(args.results, results)
-        print(f"{name}: test mean {results['configurations'][name]['test_mean_px']:.2f} px", flush=True)
+        print(f"{key}: test mean {results['configurations'][key]['test_mean_px']:.2f} px", flush=True)
 
 
 if __name__ == "__main__":

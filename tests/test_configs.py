@@ -228,7 +228,7 @@ def test_seed_protocol_and_main_job_recipes(tmp_path):
     assert main["data"]["fit_splits"] == ["train"]  # the recipe is chosen on validation
     # the main job refits that recipe on train + val and differs from it in nothing else
     refit = OmegaConf.to_container(compose_cfg("train", ["experiment=cxr_refit"], tmp_path), resolve=True)
-    assert refit["data"].pop("fit_splits") == ["train", "val"]
+    assert refit["data"].pop("fit_splits") == ["train", "val"] and refit.pop("test_tta") and not main.pop("test_tta")
     assert {**refit, "data": {**refit["data"], "fit_splits": ["train"]}} == main
     # another head replaces the recipe's whole (no heat-map keys left over)
     mlp = OmegaConf.to_container(compose_cfg("train", ["experiment=cxr_complete", "model/head=mlp_light"], tmp_path), resolve=True)
