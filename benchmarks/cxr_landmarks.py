@@ -142,7 +142,7 @@ def summarize(results: dict, seed: int, quick: bool) -> None:
     suffix = "_tta" if tta else ""
     results.update({
         "benchmark": "cxr_landmarks: 15 landmarks, test split of 144 images, errors in pixels of the 299x299 original",
-        "protocol": "main job: experiment=cxr_complete; recipe chosen among the main-* configurations by validation mean "
+        "protocol": "main job: experiment=cxr_refit; the cxr_complete recipe chosen among the main-* configurations by validation mean "
                     "px, then refit on train + val (refit-<recipe>) where that run exists",
         "seed": seed,
         "best_configuration": best,
