@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import lightning as L
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, WeightedRandomSampler
 
 from studykit.data.cache import CacheStatus, read_manifest
@@ -58,6 +59,13 @@ def check_fit_splits(fit_splits: Sequence[str]) -> tuple[str, ...]:
     return splits
 
 
+def fits_on_val(cfg: Any) -> bool:
+    """Whether a run config trains on the validation split (`data.fit_splits: [train, val]`, a refit of a recipe
+    chosen on validation). No held-out split is left to choose an epoch by or stop early on, so such a run
+    skips validation and tests its last epoch (last.ckpt)."""
+    return "val" in list(OmegaConf.select(cfg, "data.fit_splits", default=None) or ["train"])
+
+
 def _worker_init(worker_id: int) -> None:
     info = torch.utils.data.get_worker_info()
     info.dataset.reseed(info.seed % 2**32)
@@ -69,7 +77,7 @@ class CachedDataModule(L.LightningDataModule):
 
     fit_splits: the splits trained on, [train] by default. [train, val] refits a recipe chosen on validation
     on both splits (more images, no held-out split left: the trainer then skips validation, see
-    `studykit.training.run.fits_on_val`); the test split is refused."""
+    `fits_on_val`); the test split is refused."""
 
     def __init__(self, name: str, root: str, cache_dir: str, prepare: dict[str, Any], batch_size: int, num_workers: int,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, seed: int = 0,

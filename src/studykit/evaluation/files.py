@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from studykit.data.base import fits_on_val
 from studykit.utils.io import csv_text
 
 
@@ -24,8 +25,6 @@ def run_config(run_dir: Path) -> DictConfig:
 def best_checkpoint(run_dir: Path, cfg: DictConfig) -> Path:
     """The weights a run tested: its last phase's best.ckpt, or last.ckpt where it trained on the validation
     split (`data.fit_splits`) and had no epoch to choose."""
-    from studykit.training.run import fits_on_val
-
     stages = list(OmegaConf.to_container(cfg.phase.stages))
     name = "last.ckpt" if fits_on_val(cfg) else "best.ckpt"
     path = Path(run_dir) / "checkpoints" / stages[-1] / name

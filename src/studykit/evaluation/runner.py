@@ -33,6 +33,7 @@ from studykit.evaluation.files import (  # noqa: F401  (re-exported: the run-fol
     run_config,
     sweep_members,
 )
+from studykit.data.base import fits_on_val
 from studykit.evaluation.stats import mean_std, paired_test
 from studykit.tasks import Task, task_of
 from studykit.utils.io import atomic_write_json, atomic_write_text, safe_torch_load
@@ -60,7 +61,7 @@ class LoadedRun:
 
     def __init__(self, run_dir: Path, checkpoint: Path | None = None, overrides: list[str] | None = None,
                  split: str = "test"):
-        from studykit.training.run import build_datamodule, fits_on_val
+        from studykit.training.run import build_datamodule
 
         if split not in SPLITS:
             raise ValueError(f"split={split!r}: evaluate one of {SPLITS}")

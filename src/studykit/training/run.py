@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from studykit.config import check_pairing
+from studykit.data.base import fits_on_val
 from studykit.tasks import task_of
 from studykit.training.callbacks import LossHistory, stage_seconds
 from studykit.utils.io import atomic_write_json, atomic_write_text, safe_torch_load
@@ -105,13 +106,6 @@ def build_loggers(cfg: DictConfig, stage: str) -> list:
     return loggers
 
 
-def fits_on_val(cfg: DictConfig) -> bool:
-    """Whether the run trains on the validation split (`data.fit_splits: [train, val]`, a refit of a recipe
-    chosen on validation). No held-out split is left to choose an epoch by or stop early on, so such a run
-    skips validation and tests its last epoch (last.ckpt)."""
-    return "val" in list(OmegaConf.select(cfg, "data.fit_splits", default=None) or ["train"])
-
-
 def build_trainer(cfg: DictConfig, stage: str, stage_cfg: dict[str, Any], run_dir: Path) -> tuple[L.Trainer, Any]:
     callbacks, checkpoint = [], None
     refit = fits_on_val(cfg)
@@ -187,7 +181,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg)
 
     plan = stage_plan(cfg)
-    if fits_on_val(cfg):
+    refit = fits_on_val(cfg)
+    if refit:
         log.info("data.fit_splits=%s: the validation split is trained on, so nothing is validated and each stage "
                  "keeps its last epoch", list(cfg.data.fit_splits))
     resume_stage = Path(cfg.ckpt_path).parent.name if cfg.get("ckpt_path") else None
@@ -231,7 +226,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "seconds_per_epoch": seconds / max(1, epochs_run),
             "best_checkpoint": best_path,
             "best_score": float(best_score) if best_score is not None else None,
-            "monitor": None if fits_on_val(cfg) else cfg.task.monitor,
+            "monitor": None if refit else cfg.task.monitor,
         }
     summary["memory"] = peak_memory_mb()
 
@@ -252,11 +247,16 @@ def test_with_tta(run_dir: Path) -> dict[str, Any]:
     from studykit.evaluation.runner import default_folder, evaluate_single
 
     report = evaluate_single(run_dir, tta=True)
+    print_result(report, "with flip TTA ", run_dir / default_folder("evaluation", True, "test") / "test_report.md")
+    return report
+
+
+def print_result(report: dict[str, Any], label: str, path: Path) -> None:
+    """Printed, not only logged: the last lines a user sees at the end of a run."""
     primary = report["primary_metric"]["name"]
     median = f", median {report['median_px']:.2f} px" if "median_px" in report else ""
-    print(f"test {primary} with flip TTA {report[primary]:.4f}{median}; report: "
-          f"{run_dir / default_folder('evaluation', True, 'test') / 'test_report.md'}", flush=True)
-    return report
+    samples = report.get("n_images", report.get("n_samples", -1))
+    print(f"test {primary} {label}{report[primary]:.4f}{median} on {samples} samples; report: {path}", flush=True)
 
 
 def test_and_report(
@@ -299,9 +299,5 @@ def test_and_report(
     trained = SimpleNamespace(module=module, datamodule=datamodule, test_set=datamodule.test_set)
     for name, content in task_of(cfg).prediction_files(module.test_outputs(), trained).items():
         atomic_write_text(out_dir / name, content)
-    primary = metrics["primary_metric"]["name"]
-    median = f", median {report['median_px']:.2f} px" if "median_px" in report else ""
-    # printed, not only logged: the last lines a user sees at the end of a run
-    print(f"test {primary} {report[primary]:.4f}{median} on {report.get('n_images', report.get('n_samples', -1))} samples; "
-          f"report: {out_dir / 'test_report.md'}", flush=True)
+    print_result(report, "", out_dir / "test_report.md")
     return report
