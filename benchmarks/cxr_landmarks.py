@@ -48,6 +48,9 @@ CONFIGS = {
     "main-lite0-heatmap-70ep-ema": ["experiment=cxr_complete", "model/head=heatmap", "phase.stages.finetune.epochs=70", "callbacks=ema"],
     # 100 epochs: the 70-epoch EMA run took 23 s per epoch (median) in session 7, so 100 may fit 45 minutes
     "main-lite0-heatmap-100ep": ["experiment=cxr_complete", "model/head=heatmap", "phase.stages.finetune.epochs=100"],
+    # 256 px input (32x32 heat maps instead of 28x28) with the recipe's full 70 epochs: at 30 epochs 299 px was not
+    # better, but a larger input may need the longer schedule; ~1.3x the cost per epoch of 224 px
+    "main-lite0-heatmap-256px-70ep": ["experiment=cxr_complete", "data.input_size=256", "phase.stages.finetune.epochs=70"],
     # a 30-epoch screen (about 17 minutes each) of the heat-map head and augmentation against screen30-base, one
     # change at a time, chosen by validation; the winner is then run at the main job's 70 epochs
     "screen30-base": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30"],
