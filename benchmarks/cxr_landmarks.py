@@ -12,10 +12,11 @@ recipe on train + val (`refit-<recipe>`, experiment=cxr_refit), where that run e
     python benchmarks/cxr_landmarks.py --configs main-lite0-mlp,main-lite0-heatmap
     python benchmarks/cxr_landmarks.py --quick               # tiny subset, 1 epoch (checks the script only)
     python benchmarks/cxr_landmarks.py --merge ../wt/benchmarks/results/cxr_landmarks.json   # results of a worktree's chain
-    python benchmarks/cxr_landmarks.py --tta --configs screen30-base   # flip-TTA figures of a finished run
+    python benchmarks/cxr_landmarks.py --tta --configs screen30-base   # TTA figures missing from a finished run
 
-Every run is also scored with flip TTA (test, and validation where it was held out); the main job's figures use
-TTA where it lowered the validation error on average over the runs that measured both.
+Every run is also scored with TTA (test, and validation where it was held out): flip alone, and flip with the input
+shifted by 0 and +-4, 8 or 12 px along x and y (data.tta_shift_px); the main job's figures use the variant that
+lowered the validation error most on average over the runs that measured every variant, if any lowered it.
 """
 
 from __future__ import annotations
@@ -76,13 +77,31 @@ CONFIGS = {
 }
 
 
-def flip_tta(run_dir: Path, validated: bool) -> dict:
-    """The run's tested weights with flip TTA (evaluate.py's code): test, and validation where it was held out."""
-    test = evaluate_single(run_dir, tta=True)
-    out = {"test_tta_mean_px": test["mean_px"], "test_tta_median_px": test["median_px"],
-           "per_category_tta_mean_px": {k: v["mean_px"] for k, v in test["per_category"].items()}}
-    if validated:
-        out["val_tta_mean_px"] = evaluate_single(run_dir, tta=True, split="val")["mean_px"]
+# shift TTA (data.tta_shift_px): the sizes scored on every run, beside flip TTA alone; the recipe's size is chosen
+# on validation (summarize) and set in experiment=cxr_complete
+TTA_SHIFTS = (4, 8, 12)
+
+
+def tta_key(shift_px: int) -> str:
+    """The results' keys of a TTA variant: test_tta_mean_px (flip), test_tta_shift8_mean_px (flip + shifts of 8 px)."""
+    return "tta" if shift_px == 0 else f"tta_shift{shift_px}"
+
+
+def tta_figures(run_dir: Path, validated: bool, shifts=(0, *TTA_SHIFTS), have: dict | None = None) -> dict:
+    """The run's tested weights with flip TTA, alone (shift 0) and with each shift size (evaluate.py's code): test,
+    and validation where it was held out. Variants already in `have` are not scored again."""
+    out = {}
+    for shift in shifts:
+        key = tta_key(shift)
+        if have and f"test_{key}_mean_px" in have and (not validated or f"val_{key}_mean_px" in have):
+            continue
+        folder, overrides = f"evaluation_{key}", [f"data.tta_shift_px={shift}"]  # explicit: a run's config may set one
+        test = evaluate_single(run_dir, tta=True, out_dir=run_dir / folder, overrides=overrides)
+        out.update({f"test_{key}_mean_px": test["mean_px"], f"test_{key}_median_px": test["median_px"],
+                    f"per_category_{key}_mean_px": {k: v["mean_px"] for k, v in test["per_category"].items()}})
+        if validated:
+            val = evaluate_single(run_dir, tta=True, split="val", out_dir=run_dir / f"evaluation_val_{key}", overrides=overrides)
+            out[f"val_{key}_mean_px"] = val["mean_px"]
     return out
 
 
@@ -116,15 +135,15 @@ def run_config(name: str, overrides: list[str], seed: int, quick: bool, extra: l
         "wall_seconds": run["wall_seconds"],
         "peak_memory_mb": summary["memory"],
         "quick": quick,
-        **flip_tta(run_dir, validated=val_mean_px is not None),
+        **tta_figures(run_dir, validated=val_mean_px is not None),
     }
 
 
-def seed_spread(entries: dict) -> dict:
-    """Test mean px (plain and with flip TTA) of one configuration's seeds: each, and mean +- std."""
-    out = {"seeds": {str(v.get("seed", DEFAULT_SEED)): {"test_mean_px": v["test_mean_px"], "test_tta_mean_px": v.get("test_tta_mean_px")}
-                     for v in entries.values()}}
-    for key in ("test_mean_px", "test_tta_mean_px"):
+def seed_spread(entries: dict, tta: str | None) -> dict:
+    """Test mean px (plain and with the chosen TTA) of one configuration's seeds: each, and mean +- std."""
+    keys = ("test_mean_px", *([f"test_{tta}_mean_px"] if tta else []))
+    out = {"seeds": {str(v.get("seed", DEFAULT_SEED)): {k: v.get(k) for k in keys} for v in entries.values()}}
+    for key in keys:
         values = [v[key] for v in entries.values() if v.get(key) is not None]
         out[key] = {"mean": mean(values), "std": stdev(values) if len(values) > 1 else 0.0, "n": len(values)} if values else None
     return out
@@ -139,10 +158,14 @@ def summarize(results: dict, seed: int, quick: bool) -> None:
     best = min(pool, key=lambda k: pool[k]["val_mean_px"])
     # the chosen recipe refit on train + val, where it ran, is the main job
     main = f"refit-{best}" if f"refit-{best}" in done else best
-    # flip TTA is used where it lowered the validation error on average over the runs that measured both
-    gains = [v["val_tta_mean_px"] - v["val_mean_px"] for v in validated.values() if "val_tta_mean_px" in v]
-    tta = bool(gains) and mean(gains) < 0 and "test_tta_mean_px" in done[main]
-    suffix = "_tta" if tta else ""
+    # TTA: the variant (flip alone, or flip + shifts of one size) that lowered the validation error most on average
+    # over the runs that measured every variant, where it lowered it at all
+    variants = [tta_key(shift) for shift in (0, *TTA_SHIFTS)]
+    measured = [v for v in validated.values() if all(f"val_{key}_mean_px" in v for key in variants)]
+    changes = {key: mean(v[f"val_{key}_mean_px"] - v["val_mean_px"] for v in measured) for key in variants} if measured else {}
+    choice = min(changes, key=changes.get) if changes else None
+    tta = choice is not None and changes[choice] < 0 and f"test_{choice}_mean_px" in done[main]
+    suffix = f"_{choice}" if tta else ""
     results.update({
         "benchmark": "cxr_landmarks: 15 landmarks, test split of 144 images, errors in pixels of the 299x299 original",
         "protocol": "main job: experiment=cxr_refit; the cxr_complete recipe chosen among the main-* configurations by validation mean "
@@ -151,14 +174,16 @@ def summarize(results: dict, seed: int, quick: bool) -> None:
         "best_configuration": best,
         "main_job_configuration": main,
         "val_mean_px": pool[best]["val_mean_px"],
-        "tta": tta,
-        "tta_choice": {"rule": "flip TTA where it lowered the validation mean px on average over the runs that measured both",
-                       "runs": len(gains), "mean_val_change_px": mean(gains) if gains else None},
+        "tta": choice if tta else None,
+        "tta_choice": {"rule": "the TTA variant (flip alone, or flip + shifts of 4, 8 or 12 input px) with the lowest mean "
+                               "change of the validation mean px over the runs that measured every variant, if below 0",
+                       "runs": len(measured), "mean_val_change_px": changes},
         "test_mean_px": done[main][f"test{suffix}_mean_px"],
         "test_median_px": done[main][f"test{suffix}_median_px"],
         "test_mean_px_without_tta": done[main]["test_mean_px"],
         # the main job's configuration over every seed that ran (<main>, <main>-s<k>)
-        "main_job_seeds": seed_spread({k: v for k, v in done.items() if k == main or re.fullmatch(rf"{re.escape(main)}-s\d+", k)}),
+        "main_job_seeds": seed_spread({k: v for k, v in done.items() if k == main or re.fullmatch(rf"{re.escape(main)}-s\d+", k)},
+                                      choice if tta else None),
         "per_category_mean_px": done[main][f"per_category{suffix}_mean_px"],
         "seconds_per_epoch": done[main]["seconds_per_epoch"],
         "peak_memory_mb": done[main]["peak_memory_mb"],
@@ -176,7 +201,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny subset, 1 epoch per phase: checks the script, not the model")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--tta", action="store_true",
-                        help="only add the flip-TTA figures of the --configs' finished runs (measured before TTA was scored)")
+                        help="only add the TTA figures missing from the --configs' finished runs (measured before they were scored)")
     parser.add_argument("--merge", nargs="+", type=Path, default=[],
                         help="merge the configurations of these results files (e.g. a worktree's) and re-derive the headline")
     parser.add_argument("extra", nargs="*", help="extra Hydra overrides passed to every run")
@@ -198,7 +223,7 @@ def main() -> None:
         key = entry_name(name, args.seed)
         if args.tta:
             entry = results["configurations"][key]
-            entry.update(flip_tta(RUNS / (f"quick-{name}" if args.quick else key), entry["val_mean_px"] is not None))
+            entry.update(tta_figures(RUNS / (f"quick-{name}" if args.quick else key), entry["val_mean_px"] is not None, have=entry))
             summarize(results, args.seed, args.quick)
             save_results(args.results, results)
             continue

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra.errors import InstantiationException
 
 from studykit.data.landmark_datamodule import LandmarkDataset, flip_permutation
 from studykit.evaluation import landmarks as lm
@@ -36,6 +37,54 @@ def test_unflip_inverts_the_training_flip_exactly():
     plain = LandmarkDataset(data, 40, False, {}, PAIRS)[0]["target"]
     back = lm.unflip(flipped[None], flip_permutation(15, PAIRS), width=40)[0]
     assert torch.allclose(back, plain, atol=1e-6)
+
+
+class BrightestCell(torch.nn.Module):
+    """A stand-in landmark model that sees on a grid, like a heat-map head: every landmark at the centre of the
+    `cell`-pixel cell holding the brightest pixel, normalized by the input size (pixel i at i / size)."""
+
+    def __init__(self, num_landmarks: int = 15, cell: int = 1):
+        super().__init__()
+        self.k, self.cell = num_landmarks, cell
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        idx = x[:, 0].reshape(b, -1).argmax(-1)
+        ys, xs = (idx // w).float(), (idx % w).float()
+        if self.cell > 1:
+            xs, ys = (xs // self.cell + 0.5) * self.cell - 0.5, (ys // self.cell + 0.5) * self.cell - 0.5
+        return torch.stack([xs / w, ys / h], -1)[:, None].expand(b, self.k, 2)
+
+
+def test_shift_images_moves_the_content_and_keeps_the_size():
+    images = torch.zeros(1, 1, 16, 16)
+    images[0, 0, 5, 7] = 1.0
+    images[0, 0, :, 0] = 0.5  # the left border column, replicated into what the shift uncovers
+    moved = lm.shift_images(images, 3, -2)
+    assert moved.shape == images.shape and moved[0, 0, 3, 10] == 1.0 and moved[0, 0].max() == 1.0
+    assert torch.all(moved[0, 0, :, :4] == 0.5)
+    assert lm.shift_offsets(0) == [(0, 0)] and sorted(lm.shift_offsets(4)) == [(-4, 0), (0, -4), (0, 0), (0, 4), (4, 0)]
+    with pytest.raises(ValueError, match="tta_shift_px"):
+        lm.shift_offsets(-1)
+
+
+def test_shift_and_flip_tta_map_every_view_back():
+    size, perm = 32, flip_permutation(15, PAIRS)
+    images = torch.zeros(2, 3, size, size)
+    images[0, :, 9, 13] = 1.0
+    images[1, :, 20, 6] = 1.0
+    batches = [{"image": images, "orig_size": torch.full((2, 2), float(size))}]
+    truth = torch.tensor([[13.0, 9.0], [6.0, 20.0]])[:, None].expand(2, 15, 2)
+    # a model that sees every pixel: each view, moved back, gives the plain prediction exactly
+    exact = BrightestCell()
+    plain = lm.predict(exact, batches)
+    assert torch.allclose(plain, truth)
+    assert torch.allclose(lm.predict(exact, batches, tta=True, perm=perm, width=size, shift_px=4), plain, atol=1e-5)
+    # a model that sees 8-pixel cells: its rounding depends on where the grid falls, and the shifted views
+    # average part of it away (x 13 -> cell centre 11.5 plain, 13.1 over the five shifts)
+    coarse = BrightestCell(cell=8)
+    error = lambda pred: (pred - truth).norm(dim=-1).mean().item()
+    assert error(lm.predict(coarse, batches, shift_px=4)) < error(lm.predict(coarse, batches))
 
 
 def test_soft_argmax_finds_the_peak_and_heatmap_loss():
@@ -123,7 +172,20 @@ def test_ensemble_with_tta_and_visual_report(sweep, tmp_path):
     # TTA changes the numbers relative to the plain single-model evaluation
     single = evaluate_single(sorted(sweep.iterdir())[0], tta=False, out_dir=tmp_path / "single")
     single_tta = evaluate_single(sorted(sweep.iterdir())[0], tta=True, out_dir=tmp_path / "single_tta")
-    assert single["mean_px"] != single_tta["mean_px"]
+    assert single["mean_px"] != single_tta["mean_px"] and single_tta["tta_views"] == "flip"
+    assert (tmp_path / "single_tta/test_report.md").read_text().splitlines()[0].endswith("+ TTA (flip)")
+
+
+@pytest.mark.slow
+def test_shift_tta_comes_from_the_run_config_and_only_with_tta(sweep, tmp_path):
+    run_dir = sorted(sweep.iterdir())[0]
+    flip, shifted = LoadedRun(run_dir), LoadedRun(run_dir, overrides=["data.tta_shift_px=4"])
+    assert torch.equal(shifted.predict(tta=False), flip.predict(tta=False))  # a plain test stays one view
+    assert not torch.allclose(shifted.predict(tta=True), flip.predict(tta=True))
+    report = evaluate_single(run_dir, tta=True, out_dir=tmp_path / "shift", overrides=["data.tta_shift_px=4"])
+    assert report["tta_views"] == "flip + shifts of 4 px"
+    with pytest.raises(InstantiationException, match="tta_shift_px=-2"):  # hydra's wrap of the data module's error
+        LoadedRun(run_dir, overrides=["data.tta_shift_px=-2"])
 
 
 @pytest.mark.slow

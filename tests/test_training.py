@@ -140,9 +140,9 @@ def test_refit_on_train_and_val_trains_on_both_validates_nothing_and_tests_the_l
     assert len(history) == 2 and all(float(r["train/loss"]) > 0 and not r.get("val/mean_px") for r in history)
     assert json.loads((run / "test_report.json").read_text())["n_images"] == 8
 
-    # the flip-TTA test after the plain one: printed last, with its report, as evaluate.py tta=true gives it
+    # the TTA test after the plain one: printed last, with its views and report, as evaluate.py tta=true gives it
     printed = capsys.readouterr().out.strip().splitlines()
-    assert printed[-1].startswith("test mean_px with flip TTA") and str(run / "evaluation_tta/test_report.md") in printed[-1]
+    assert printed[-1].startswith("test mean_px with TTA (flip") and str(run / "evaluation_tta/test_report.md") in printed[-1]
     assert summary["test_tta"]["tta"] and summary["test_tta"]["checkpoint"] == str(folder / "last.ckpt")
     assert summary["test_tta"]["mean_px"] != pytest.approx(summary["test"]["mean_px"], rel=1e-6)
     tta = evaluate(make_cfg([f"run_dir={run}", "tta=true"], config_name="evaluate", tiny=False))

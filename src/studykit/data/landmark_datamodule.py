@@ -96,9 +96,13 @@ class LandmarkDataModule(CachedDataModule):
         std: Sequence[float] = IMAGENET_STD,
         seed: int = 0,
         fit_splits: Sequence[str] = ("train",),
+        tta_shift_px: int = 0,
     ):
         super().__init__(name, root, cache_dir, prepare, batch_size, num_workers, mean, std, seed, fit_splits=fit_splits)
         self.flip_pairs = [tuple(p) for p in flip_pairs]
+        if int(tta_shift_px) < 0 or int(tta_shift_px) >= input_size // 2:
+            raise ValueError(f"data.tta_shift_px={tta_shift_px}: a shift in input pixels, 0 <= shift < input_size / 2")
+        self.tta_shift_px = int(tta_shift_px)
         self.input_size = input_size
         self.augment = dict(augment or {})
         self.categories: list[str] = list(self.prepare_cfg.get("categories", []))

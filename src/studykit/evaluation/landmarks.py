@@ -1,4 +1,4 @@
-"""Inference for landmark models: test-time flip augmentation, seed ensembles, per-image errors."""
+"""Inference for landmark models: test-time flip and shift augmentation, seed ensembles, per-image errors."""
 
 from __future__ import annotations
 
@@ -22,19 +22,48 @@ def unflip(pred: torch.Tensor, perm: Sequence[int] | np.ndarray, width: int) -> 
     return out[:, torch.as_tensor(np.asarray(perm))]
 
 
+def shift_offsets(shift_px: int) -> list[tuple[int, int]]:
+    """The input shifts of shift TTA: none, then +-shift_px along x and along y (input pixels)."""
+    if shift_px < 0:
+        raise ValueError(f"tta_shift_px must be >= 0, got {shift_px}")
+    if shift_px == 0:
+        return [(0, 0)]
+    return [(0, 0), (shift_px, 0), (-shift_px, 0), (0, shift_px), (0, -shift_px)]
+
+
+def shift_images(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """The batch (B, C, H, W) with its content moved by (dx, dy) pixels; the border is replicated, the size kept."""
+    if dx == 0 and dy == 0:
+        return images
+    pad = max(abs(dx), abs(dy))
+    h, w = images.shape[-2:]
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad), mode="replicate")
+    return padded[..., pad - dy:pad - dy + h, pad - dx:pad - dx + w]
+
+
 @torch.no_grad()
 def predict(module, loader, tta: bool = False, perm: Sequence[int] | None = None, width: int | None = None,
-            device: str | torch.device = "cpu") -> torch.Tensor:
-    """(N, K, 2) predictions in pixels of the original image; with `tta`, the mean over the image and its mirror."""
+            device: str | torch.device = "cpu", shift_px: int = 0) -> torch.Tensor:
+    """(N, K, 2) predictions in pixels of the original image. With `tta`, the mean over the image and its
+    mirror; with `shift_px` > 0, over each of those shifted by 0 and +-shift_px input pixels along x and y too
+    (`shift_offsets`), each prediction moved back by its shift - the heat maps' 8-pixel cells then fall at
+    other places of the anatomy, and their rounding errors partly average out."""
+    if tta and (perm is None or width is None):
+        raise ValueError("flip TTA needs the left/right permutation and the cached image width")
     module.eval().to(device)
+    offsets = shift_offsets(int(shift_px))
     preds = []
     for batch in loader:
         images = batch["image"].to(device)
-        pred = module(images)
-        if tta:
-            if perm is None or width is None:
-                raise ValueError("flip TTA needs the left/right permutation and the cached image width")
-            pred = 0.5 * (pred + unflip(module(torch.flip(images, dims=[3])), perm, width))
+        h, w = images.shape[-2:]
+        views = []
+        for dx, dy in offsets:
+            shifted = shift_images(images, dx, dy)
+            back = torch.tensor([dx / w, dy / h], device=device, dtype=images.dtype)
+            views.append(module(shifted) - back)
+            if tta:  # the mirror of the shifted image is shifted by -dx: unflip first, then move back
+                views.append(unflip(module(torch.flip(shifted, dims=[3])), perm, width) - back)
+        pred = torch.stack(views).mean(0)
         preds.append((pred.cpu() * batch["orig_size"][:, None, :]).float())
     return torch.cat(preds)
 

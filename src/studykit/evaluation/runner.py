@@ -57,7 +57,7 @@ SPLITS = ("test", "val")
 class LoadedRun:
     """A finished run ready to predict its test split: config, task, data module and trained module.
     With split="val" the validation split stands in for the test split (`test_set`, `test_loader`), so
-    choices such as flip TTA or an ensemble can be made on validation before the test split is read."""
+    choices such as TTA or an ensemble can be made on validation before the test split is read."""
 
     def __init__(self, run_dir: Path, checkpoint: Path | None = None, overrides: list[str] | None = None,
                  split: str = "test"):
@@ -109,8 +109,8 @@ def default_folder(name: str, tta: bool, split: str) -> str:
     return name + ("_val" if split == "val" else "") + ("_tta" if tta else "")
 
 
-def title_suffix(tta: bool, split: str) -> str:
-    return (" + flip TTA" if tta else "") + (" (validation split)" if split == "val" else "")
+def title_suffix(tta_views: str | None, split: str) -> str:
+    return (f" + TTA ({tta_views})" if tta_views else "") + (" (validation split)" if split == "val" else "")
 
 
 def evaluate_single(run_dir: Path, tta: bool = False, visualize: bool = False, out_dir: Path | None = None,
@@ -118,13 +118,15 @@ def evaluate_single(run_dir: Path, tta: bool = False, visualize: bool = False, o
                     options: dict[str, Any] | None = None, split: str = "test") -> dict[str, Any]:
     run = LoadedRun(run_dir, checkpoint, overrides, split)
     out_dir = Path(out_dir or Path(run_dir) / default_folder("evaluation", tta, split))
-    return write_evaluation(out_dir, run.task, run.predict(tta), run, f"{run.cfg.get('run_name')}{title_suffix(tta, split)}",
-                            visualize, {"run_dir": str(run_dir), "checkpoint": str(run.checkpoint), "tta": tta}, options)
+    views = run.task.tta_views(run) if tta else None
+    return write_evaluation(out_dir, run.task, run.predict(tta), run, f"{run.cfg.get('run_name')}{title_suffix(views, split)}",
+                            visualize, {"run_dir": str(run_dir), "checkpoint": str(run.checkpoint), "tta": tta,
+                                        "tta_views": views}, options)
 
 
 def evaluate_ensemble(folder: Path, tta: bool = False, visualize: bool = False, out_dir: Path | None = None,
                       options: dict[str, Any] | None = None, split: str = "test") -> dict[str, Any]:
-    """Average the members' predictions (each with optional flip TTA); report the ensemble and each member."""
+    """Average the members' predictions (each with optional TTA); report the ensemble and each member."""
     members = sweep_members(folder)
     preds, member_reports, first = [], {}, None
     for run_dir in members:
@@ -141,8 +143,9 @@ def evaluate_ensemble(folder: Path, tta: bool = False, visualize: bool = False, 
         log.info("member %s: %s", run_dir.name, run.task.summary_line(member_reports[run_dir.name]))
     task = first.task
     out_dir = Path(out_dir or Path(folder) / default_folder("ensemble", tta, split))
-    report = write_evaluation(out_dir, task, task.combine(preds), first, f"ensemble of {len(members)}{title_suffix(tta, split)}",
-                              visualize, {"ensemble_of": [str(m) for m in members], "tta": tta}, options)
+    views = task.tta_views(first) if tta else None
+    report = write_evaluation(out_dir, task, task.combine(preds), first, f"ensemble of {len(members)}{title_suffix(views, split)}",
+                              visualize, {"ensemble_of": [str(m) for m in members], "tta": tta, "tta_views": views}, options)
     report["members"] = {name: scalar_metrics(r) for name, r in member_reports.items()}
     names = [k for k in report["members"][members[0].name] if all(k in r for r in report["members"].values())]
     summary = {k: mean_std(r[k] for r in report["members"].values()) for k in names}

@@ -122,8 +122,9 @@ def predict_landmarks(cfg: DictConfig, run_cfg: DictConfig, nets: list[Net], fil
         loader = DataLoader(dataset, batch_size=int(cfg.batch_size), shuffle=False)
         perm = lm.flip_perm_for(k, data["flip_pairs"])
         # each member in pixels of each image's own size; the ensemble is their mean
-        pred = torch.stack([lm.predict(net, loader, tta=bool(cfg.tta), perm=perm, width=tensors["images"].shape[-1])
-                            for net in nets]).mean(0)
+        shift_px = int(data.get("tta_shift_px", 0)) if cfg.tta else 0
+        pred = torch.stack([lm.predict(net, loader, tta=bool(cfg.tta), perm=perm, width=tensors["images"].shape[-1],
+                                       shift_px=shift_px) for net in nets]).mean(0)
     header = ["file", "width", "height", *[f"{a}{i}" for i in range(1, k + 1) for a in ("x", "y")], "status", "reason"]
     lines, j = [], 0
     for row in rows:

@@ -43,6 +43,10 @@ class Task:
         """The test split's predictions in the task's output space (pixels, class probabilities)."""
         raise NotImplementedError
 
+    def tta_views(self, run: TestRun) -> str:
+        """What `predict(run, tta=True)` averages, for titles and reports."""
+        return "flip"
+
     def combine(self, predictions: Sequence[torch.Tensor]) -> torch.Tensor:
         """An ensemble's prediction: the members' mean (coordinates, probabilities)."""
         shapes = {tuple(p.shape) for p in predictions}

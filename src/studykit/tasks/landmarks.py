@@ -1,5 +1,5 @@
 """Landmark regression: LandmarkModule, predictions in pixels of the original image, flip TTA with the
-left/right pairs swapped back, the pixel-error report, overlays and summary plots."""
+left/right pairs swapped back (and shifted views, data.tta_shift_px), the pixel-error report, overlays and summary plots."""
 
 from __future__ import annotations
 
@@ -27,7 +27,13 @@ class LandmarkTask(Task):
     def predict(self, run: TestRun, tta: bool) -> torch.Tensor:
         perm = lm.flip_perm_for(run.datamodule.num_landmarks, run.datamodule.flip_pairs)
         width = run.test_set.images.shape[-1]
-        return lm.predict(run.module, run.test_loader(), tta=tta, perm=perm, width=width)
+        # shift views belong to TTA: a plain test is one view, as in training's test step
+        shift_px = run.datamodule.tta_shift_px if tta else 0
+        return lm.predict(run.module, run.test_loader(), tta=tta, perm=perm, width=width, shift_px=shift_px)
+
+    def tta_views(self, run: TestRun) -> str:
+        shift = run.datamodule.tta_shift_px
+        return f"flip + shifts of {shift} px" if shift else "flip"
 
     def metrics(self, pred: torch.Tensor, run: TestRun) -> dict[str, Any]:
         test = run.test_set

@@ -243,11 +243,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def test_with_tta(run_dir: Path) -> dict[str, Any]:
-    """The run's tested weights again with flip TTA, by evaluate.py's code: <run>/evaluation_tta/."""
+    """The run's tested weights again with TTA (flip, and the task's other views), by evaluate.py's code:
+    <run>/evaluation_tta/."""
     from studykit.evaluation.runner import default_folder, evaluate_single
 
     report = evaluate_single(run_dir, tta=True)
-    print_result(report, "with flip TTA ", run_dir / default_folder("evaluation", True, "test") / "test_report.md")
+    print_result(report, f"with TTA ({report['tta_views']}) ", run_dir / default_folder("evaluation", True, "test") / "test_report.md")
     return report
 
 
