@@ -70,6 +70,9 @@ CONFIGS = {
     # no validation left, the last epoch is tested
     "refit-main-lite0-heatmap-70ep": ["experiment=cxr_complete", "model/head=heatmap", "phase.stages.finetune.epochs=70",
                                       "data.fit_splits=[train,val]"],
+    # the 256-px recipe refit on train + val, should it beat 224 px on validation
+    "refit-main-lite0-heatmap-256px-70ep": ["experiment=cxr_complete", "data.input_size=256", "phase.stages.finetune.epochs=70",
+                                            "data.fit_splits=[train,val]"],
     # bf16 autocast against fp32 where bf16 is fast (ResNet: about 2x, BENCHMARKS "CPU speed"), on validation:
     # the main job's recipe on a randomly initialised ResNet-18 (no ImageNet weights here), 20 epochs
     "resnet18-heatmap-fp32": ["experiment=cxr_complete", "model=resnet18", "phase.stages.finetune.epochs=20"],
