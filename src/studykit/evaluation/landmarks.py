@@ -46,8 +46,8 @@ def predict(module, loader, tta: bool = False, perm: Sequence[int] | None = None
             device: str | torch.device = "cpu", shift_px: int = 0) -> torch.Tensor:
     """(N, K, 2) predictions in pixels of the original image. With `tta`, the mean over the image and its
     mirror; with `shift_px` > 0, over each of those shifted by 0 and +-shift_px input pixels along x and y too
-    (`shift_offsets`), each prediction moved back by its shift - the heat maps' 8-pixel cells then fall at
-    other places of the anatomy, and their rounding errors partly average out."""
+    (`shift_offsets`), each prediction moved back by its shift - a heat-map head's cells (8 input pixels) then
+    fall at other places of the anatomy, and their rounding errors partly average out."""
     if tta and (perm is None or width is None):
         raise ValueError("flip TTA needs the left/right permutation and the cached image width")
     module.eval().to(device)
