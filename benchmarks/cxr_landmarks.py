@@ -90,11 +90,11 @@ def tta_key(shift_px: int) -> str:
     return "tta" if shift_px == 0 else f"tta_shift{shift_px}"
 
 
-def tta_figures(run_dir: Path, validated: bool, shifts=(0, *TTA_SHIFTS), have: dict | None = None) -> dict:
+def tta_figures(run_dir: Path, validated: bool, have: dict | None = None) -> dict:
     """The run's tested weights with flip TTA, alone (shift 0) and with each shift size (evaluate.py's code): test,
     and validation where it was held out. Variants already in `have` are not scored again."""
     out = {}
-    for shift in shifts:
+    for shift in (0, *TTA_SHIFTS):
         key = tta_key(shift)
         if have and f"test_{key}_mean_px" in have and (not validated or f"val_{key}_mean_px" in have):
             continue
@@ -195,7 +195,7 @@ def summarize(results: dict, seed: int, quick: bool) -> None:
         "main_job_configuration": main,
         "val_mean_px": pool[best]["val_mean_px"],
         "tta": choice if tta else None,
-        "tta_choice": {"rule": "the TTA variant (flip alone, or flip + shifts of 4, 8 or 12 input px) with the lowest mean "
+        "tta_choice": {"rule": f"the TTA variant (flip alone, or flip + shifts of one of {list(TTA_SHIFTS)} input px) with the lowest mean "
                                "change of the validation mean px over the runs that measured every variant, if below 0",
                        "runs": len(measured), "mean_val_change_px": changes},
         "test_mean_px": done[main][f"test{suffix}_mean_px"],
