@@ -184,8 +184,9 @@ def test_shift_tta_comes_from_the_run_config_and_only_with_tta(sweep, tmp_path):
     assert not torch.allclose(shifted.predict(tta=True), flip.predict(tta=True))
     report = evaluate_single(run_dir, tta=True, out_dir=tmp_path / "shift", overrides=["data.tta_shift_px=4"])
     assert report["tta_views"] == "flip + shifts of 4 px"
-    with pytest.raises(InstantiationException, match="tta_shift_px=-2"):  # hydra's wrap of the data module's error
-        LoadedRun(run_dir, overrides=["data.tta_shift_px=-2"])
+    for bad in (-2, 1000):  # negative, or half the input or more: refused with the key and the value
+        with pytest.raises(InstantiationException, match=f"tta_shift_px={bad}"):  # hydra's wrap of the data module's error
+            LoadedRun(run_dir, overrides=[f"data.tta_shift_px={bad}"])
 
 
 @pytest.mark.slow
