@@ -56,6 +56,10 @@ CONFIGS = {
     # better than validation (train wing loss ~6 against ~2x that on validation), so more regularisation may help
     "main-lite0-heatmap-70ep-droppath": ["experiment=cxr_complete", "phase.stages.finetune.epochs=70",
                                          "++model.backbone.drop_path_rate=0.1"],
+    # 90 epochs with the cosine schedule run to its end: the 100-epoch run above was stopped by early stopping
+    # (patience 15) at epoch 81 with the rate still at 12% of its peak, so the longer schedule's tail was never
+    # measured; a 90-epoch refit takes about 35 minutes at 23 s per epoch
+    "main-lite0-heatmap-90ep": ["experiment=cxr_complete", "phase.stages.finetune.epochs=90", "callbacks.early_stopping=null"],
     # a 30-epoch screen (about 17 minutes each) of the heat-map head and augmentation against screen30-base, one
     # change at a time, chosen by validation; the winner is then run at the main job's 70 epochs
     "screen30-base": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30"],
@@ -77,6 +81,7 @@ CONFIGS = {
     # the 256-px recipe refit on train + val, should it beat 224 px on validation
     "refit-main-lite0-heatmap-256px-70ep": ["experiment=cxr_complete", "data.input_size=256", "phase.stages.finetune.epochs=70",
                                             "data.fit_splits=[train,val]"],
+    "refit-main-lite0-heatmap-90ep": ["experiment=cxr_complete", "phase.stages.finetune.epochs=90", "data.fit_splits=[train,val]"],
     # bf16 autocast against fp32 where bf16 is fast (ResNet: about 2x, BENCHMARKS "CPU speed"), on validation:
     # the main job's recipe on a randomly initialised ResNet-18 (no ImageNet weights here), 20 epochs
     "resnet18-heatmap-fp32": ["experiment=cxr_complete", "model=resnet18", "phase.stages.finetune.epochs=20"],
