@@ -107,12 +107,15 @@ def tta_figures(run_dir: Path, validated: bool, have: dict | None = None) -> dic
         key = tta_key(shift)
         if have and f"test_{key}_mean_px" in have and (not validated or f"val_{key}_mean_px" in have):
             continue
-        folder, overrides = f"evaluation_{key}", [f"data.tta_shift_px={shift}"]  # explicit: a run's config may set one
-        test = evaluate_single(run_dir, tta=True, out_dir=run_dir / folder, overrides=overrides)
+        # explicit: a run's config may set a shift; flip alone gets its own folder, as evaluation_tta/ is where
+        # train.py and evaluate.py write the TTA of the run's own config
+        overrides = [f"data.tta_shift_px={shift}"]
+        folder = f"{key}_flip" if shift == 0 else key
+        test = evaluate_single(run_dir, tta=True, out_dir=run_dir / f"evaluation_{folder}", overrides=overrides)
         out.update({f"test_{key}_mean_px": test["mean_px"], f"test_{key}_median_px": test["median_px"],
                     f"per_category_{key}_mean_px": {k: v["mean_px"] for k, v in test["per_category"].items()}})
         if validated:
-            val = evaluate_single(run_dir, tta=True, split="val", out_dir=run_dir / f"evaluation_val_{key}", overrides=overrides)
+            val = evaluate_single(run_dir, tta=True, split="val", out_dir=run_dir / f"evaluation_val_{folder}", overrides=overrides)
             out[f"val_{key}_mean_px"] = val["mean_px"]
     return out
 
