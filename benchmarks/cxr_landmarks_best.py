@@ -76,17 +76,27 @@ def report_numbers(report: dict[str, Any]) -> dict[str, Any]:
             "per_category_mean_px": {k: v["mean_px"] for k, v in report["per_category"].items()}}
 
 
+def tta_overrides(name: str) -> list[str]:
+    """The configuration's TTA as its recipe sets it now (data.tta_shift_px), for every member's evaluation:
+    members trained before the recipe set it lack the key in their saved config and would test flip alone."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=CONFIGS[name])
+    return [f"data.tta_shift_px={int(cfg.data.get('tta_shift_px', 0))}"]
+
+
 def evaluate_config(name: str, folder: Path, members: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    rows = {}
+    rows, overrides = {}, tta_overrides(name)
     for seed, m in members.items():
         plain = evaluate_single(m["run_dir"], tta=False)
-        tta = evaluate_single(m["run_dir"], tta=True)
+        tta = evaluate_single(m["run_dir"], tta=True, overrides=overrides)
         stages = m["summary"]["stages"]
         last = list(stages)[-1]
         rows[seed] = {"val_best_score": stages[last]["best_score"], "plain": report_numbers(plain), "tta": report_numbers(tta),
                       "train_seconds": sum(s["seconds"] for s in stages.values()),
                       "epochs": {k: s["epochs_run"] for k, s in stages.items()}, "command": m["command"]}
-    ensemble = evaluate_ensemble(folder, tta=True)
+    ensemble = evaluate_ensemble(folder, tta=True, overrides=overrides)
     ensemble_plain = evaluate_ensemble(folder, tta=False)
     # the member with the best validation mean px; members refit on train + val have none: then make train's seed
     validated = [s for s in rows if rows[s]["val_best_score"] is not None]
@@ -102,6 +112,7 @@ def evaluate_config(name: str, folder: Path, members: dict[int, dict[str, Any]])
         "single": rows[best_seed]["plain"], "single_tta": rows[best_seed]["tta"],
         "ensemble_tta": report_numbers(ensemble), "ensemble": report_numbers(ensemble_plain),
         "ensemble_folder": str(folder / "ensemble_tta"),
+        "tta_views": ensemble["tta_views"],
         "train_seconds_per_member": mean_std(r["train_seconds"] for r in rows.values()),
     }
 
@@ -153,9 +164,13 @@ def main() -> None:
     ids_b, err_b = read_per_sample(Path(b["ensemble_folder"]) / "test_per_sample.csv")
     results["paired_tests_ensembles"] = {}
     for other in sorted(set(done) - {best}):
-        ids_o, err_o = read_per_sample(Path(done[other]["ensemble_folder"]) / "test_per_sample.csv")
-        if ids_o == ids_b:
-            results["paired_tests_ensembles"][other] = paired_test(err_b, err_o, (best, other))
+        per_sample = Path(done[other]["ensemble_folder"]) / "test_per_sample.csv"
+        if not per_sample.is_file():  # measured on another machine or before per-sample scores were written
+            results["paired_tests_ensembles"][other] = {"skipped": f"{per_sample} not found"}
+            continue
+        ids_o, err_o = read_per_sample(per_sample)
+        results["paired_tests_ensembles"][other] = (paired_test(err_b, err_o, (best, other)) if ids_o == ids_b
+                                                    else {"skipped": "the two ensembles scored different test images"})
     results.pop("paired_test_ensembles", None)  # the single pair this file held before
     save_results(args.results, results)
 

@@ -184,6 +184,12 @@ def test_shift_tta_comes_from_the_run_config_and_only_with_tta(sweep, tmp_path):
     assert not torch.allclose(shifted.predict(tta=True), flip.predict(tta=True))
     report = evaluate_single(run_dir, tta=True, out_dir=tmp_path / "shift", overrides=["data.tta_shift_px=4"])
     assert report["tta_views"] == "flip + shifts of 4 px"
+    # an ensemble's overrides reach every member: its prediction is the mean of the members' shifted TTA
+    ensemble = evaluate_ensemble(sweep, tta=True, out_dir=tmp_path / "ens_shift", overrides=["data.tta_shift_px=4"])
+    assert ensemble["tta_views"] == "flip + shifts of 4 px"
+    members = [LoadedRun(p, overrides=["data.tta_shift_px=4"]) for p in sorted(sweep.iterdir())]
+    _, written = read_landmark_predictions(tmp_path / "ens_shift" / "test_predictions.csv")
+    assert torch.allclose(written, torch.stack([m.predict(tta=True) for m in members]).mean(0), atol=2e-3)
     for bad in (-2, 1000):  # negative, or half the input or more: refused with the key and the value
         with pytest.raises(InstantiationException, match=f"tta_shift_px={bad}"):  # hydra's wrap of the data module's error
             LoadedRun(run_dir, overrides=[f"data.tta_shift_px={bad}"])

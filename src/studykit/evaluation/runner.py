@@ -125,12 +125,14 @@ def evaluate_single(run_dir: Path, tta: bool = False, visualize: bool = False, o
 
 
 def evaluate_ensemble(folder: Path, tta: bool = False, visualize: bool = False, out_dir: Path | None = None,
-                      options: dict[str, Any] | None = None, split: str = "test") -> dict[str, Any]:
-    """Average the members' predictions (each with optional TTA); report the ensemble and each member."""
+                      options: dict[str, Any] | None = None, split: str = "test",
+                      overrides: list[str] | None = None) -> dict[str, Any]:
+    """Average the members' predictions (each with optional TTA); report the ensemble and each member.
+    `overrides` (a dotlist) applies to every member's config, e.g. a TTA setting some members predate."""
     members = sweep_members(folder)
     preds, member_reports, first = [], {}, None
     for run_dir in members:
-        run = LoadedRun(run_dir, split=split)
+        run = LoadedRun(run_dir, overrides=overrides, split=split)
         if first is None:
             first = run
         elif run.task is not first.task:
@@ -245,10 +247,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if modes[0] == "run_dir":
         return evaluate_single(Path(cfg.run_dir), cfg.tta, cfg.visualize, out, cfg.get("checkpoint"),
                                list(cfg.get("overrides") or []), options, split)
-    if cfg.get("checkpoint") or cfg.get("overrides"):
-        raise ValueError("checkpoint= and overrides= apply to run_dir= only")
+    if cfg.get("checkpoint"):
+        raise ValueError("checkpoint= applies to run_dir= only")
     if modes[0] == "ensemble":
-        return evaluate_ensemble(Path(cfg.ensemble), cfg.tta, cfg.visualize, out, options, split)
+        return evaluate_ensemble(Path(cfg.ensemble), cfg.tta, cfg.visualize, out, options, split, list(cfg.get("overrides") or []))
+    if cfg.get("overrides"):
+        raise ValueError(f"overrides= applies to run_dir= and ensemble=; {modes[0]}= reads the members' own test reports")
     if cfg.tta or cfg.visualize or split != "test":
         raise ValueError(f"tta=, visualize= and split= apply to run_dir= and ensemble=; {modes[0]}= reads the members' own test reports")
     if modes[0] == "sweep":
