@@ -28,6 +28,7 @@ from statistics import mean
 from typing import Any
 
 from common import CXR_QUICK, ROOT, RUNS, load_results, machine, run_train, save_results
+from cxr_landmarks import DEFAULT_SEED as MAIN_JOB_SEED, entry_name
 
 from studykit.evaluation.runner import evaluate_ensemble, evaluate_single, read_per_sample
 from studykit.evaluation.stats import mean_std, paired_test
@@ -41,10 +42,9 @@ CONFIGS = {
     # the main job (make train): the recipe refit on train + val, tested with flip + shift TTA; seed 42 is make train's
     "lite0-heatmap-refit": ["experiment=cxr_refit"],
 }
-# members trained already by benchmarks/cxr_landmarks.py with the same overrides (its run <name>, <name>-s<seed>)
-# are linked into the member folder instead of trained again
+# members trained already by benchmarks/cxr_landmarks.py with the same overrides (its runs, named by its
+# entry_name) are linked into the member folder instead of trained again; its default seed is make train's
 TRAINED_BY_CXR_LANDMARKS = {"lite0-heatmap-refit": "refit-main-lite0-heatmap-70ep"}
-MAIN_JOB_SEED = 42
 
 
 def train_members(name: str, seeds: list[int], quick: bool, extra: list[str]) -> tuple[Path, dict[int, dict[str, Any]]]:
@@ -53,7 +53,7 @@ def train_members(name: str, seeds: list[int], quick: bool, extra: list[str]) ->
     for seed in seeds:
         run_dir = folder / f"seed{seed}"
         source = TRAINED_BY_CXR_LANDMARKS.get(name)
-        trained = RUNS / (source if seed == MAIN_JOB_SEED else f"{source}-s{seed}") if source and not quick else None
+        trained = RUNS / entry_name(source, seed) if source and not quick else None
         if trained and not run_dir.exists() and (trained / "test_report.json").is_file():
             run_dir.parent.mkdir(parents=True, exist_ok=True)
             run_dir.symlink_to(trained.resolve(), target_is_directory=True)
@@ -99,8 +99,7 @@ def evaluate_config(name: str, folder: Path, members: dict[int, dict[str, Any]])
     ensemble = evaluate_ensemble(folder, tta=True, overrides=overrides)
     ensemble_plain = evaluate_ensemble(folder, tta=False)
     # the member with the best validation mean px; members refit on train + val have none: then make train's seed
-    validated = [s for s in rows if rows[s]["val_best_score"] is not None]
-    if len(validated) == len(rows):
+    if all(r["val_best_score"] is not None for r in rows.values()):
         best_seed = min(rows, key=lambda s: rows[s]["val_best_score"])
     else:
         best_seed = MAIN_JOB_SEED if MAIN_JOB_SEED in rows else min(rows)
