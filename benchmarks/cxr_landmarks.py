@@ -82,6 +82,10 @@ CONFIGS = {
     # does the recipe gain from more training images? The same 30 epochs on the first 535 of the 669 training
     # images (80%; the CSV's order is mixed, so a random subset): decides, on validation, whether the main job
     # refits its chosen recipe on train + val (813 images)
+    # the stronger backbones screened at 30 epochs first (a Lite2 epoch took 95 s on the AMD EPYC machine of session 11,
+    # without AVX-512, against Lite0's 22-23 s on the usual Intel machines)
+    "screen30-lite1": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "model=efficientnet_lite1"],
+    "screen30-lite2": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "model=efficientnet_lite2"],
     "screen30-train80": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "data.prepare.limit_per_split={train:535}"],
     # the chosen recipe, unchanged, refit on train + val (= experiment=cxr_refit, the main job since session 8):
     # no validation left, the last epoch is tested
