@@ -23,13 +23,20 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 from datetime import datetime, timezone
 from pathlib import Path
 from statistics import mean, stdev
 
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from torch.utils.flop_counter import FlopCounterMode
+
 from common import CXR_QUICK, ROOT, RUNS, load_results, machine, run_train, save_results
 
 from studykit.evaluation.runner import evaluate_single
+from studykit.models.landmark_module import LandmarkRegressor
 
 RESULTS = ROOT / "benchmarks" / "results" / "cxr_landmarks.json"
 
@@ -176,26 +183,56 @@ def run_config(name: str, overrides: list[str], seed: int, quick: bool, extra: l
 COSTLIER_MARGIN_PX = 0.05
 
 
-def input_size(entry: dict) -> int:
-    """The run's input size in px, from its command (224 unless overridden)."""
-    found = re.search(r"data\.input_size=(\d+)", entry["command"])
-    return int(found.group(1)) if found else 224
+# the network whose epoch is the unit of training cost: the recipe's (Lite0 + heat-map head, 224 px)
+REFERENCE = ["experiment=cxr_complete"]
 
 
-def training_cost(entry: dict) -> float:
-    """A run's training cost relative to one 224-px epoch: its scheduled epochs x (input / 224)^2 (early stopping
-    aside: the refit, which validates nothing, runs them all)."""
+def forward_gflops(overrides: list[str]) -> float:
+    """GFLOPs of one image's forward pass through the network that `overrides` compose, at its input size (torch's
+    FlopCounterMode, random weights): a training step's cost up to a constant, on any machine."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose("train", overrides=overrides)
+    backbone = {**OmegaConf.to_container(cfg.model.backbone, resolve=True), "pretrained": {"source": "none"}}
+    net = LandmarkRegressor(backbone, OmegaConf.to_container(cfg.model.head, resolve=True), num_landmarks=15,
+                            coord_attention=cfg.model.coord_attention).eval()
+    size = int(cfg.data.input_size)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        net(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+# what a recorded train.py command sets about where and how it ran, not what it trains
+RUN_ONLY = ("hydra.", "callbacks.progress=", "seed=", "ckpt_path=")
+
+
+def config_overrides(command: str) -> list[str]:
+    """The Hydra overrides of a recorded `python train.py ...` command that decide what is trained."""
+    return [arg for arg in shlex.split(command)[2:] if not arg.startswith(RUN_ONLY)]
+
+
+def configuration_name(key: str, entry: dict) -> str:
+    """The configuration of a results entry: its key less the seed suffix (entry_name)."""
+    seed = entry.get("seed", DEFAULT_SEED)
+    return key.removesuffix(f"-s{seed}") if seed != DEFAULT_SEED else key
+
+
+def training_cost(entry: dict, reference_gflops: float) -> float:
+    """A run's training cost in epochs of the reference network (Lite0 + heat-map head at 224 px): its scheduled
+    epochs x its forward GFLOPs per image (`forward_gflops`) / the reference's (early stopping aside: the refit, which
+    validates nothing, runs them all)."""
     found = re.search(r"phase\.stages\.finetune\.epochs=(\d+)", entry["command"])
     epochs = int(found.group(1)) if found else sum(s["epochs_run"] for s in entry["stages"].values())
-    return epochs * (input_size(entry) / 224) ** 2
+    return epochs * entry["forward_gflops"] / reference_gflops
 
 
-def choose_recipe(pool: dict) -> str:
+def choose_recipe(pool: dict, reference_gflops: float) -> str:
     """The configuration with the best validation mean px, unless it costs more to train than others and does not
     beat the best of those by more than COSTLIER_MARGIN_PX: then that cheaper one (and the same test again)."""
     best = min(pool, key=lambda k: pool[k]["val_mean_px"])
+    cost = {k: training_cost(v, reference_gflops) for k, v in pool.items()}
     while True:
-        cheaper = {k: v for k, v in pool.items() if training_cost(v) < training_cost(pool[best])}
+        cheaper = {k: v for k, v in pool.items() if cost[k] < cost[best]}
         if not cheaper:
             return best
         best_cheaper = min(cheaper, key=lambda k: cheaper[k]["val_mean_px"])
@@ -219,9 +256,7 @@ def by_configuration(entries: dict) -> dict:
     px averaged over its seeds: a seed is not a configuration to choose, and its refit shares only the recipe."""
     groups: dict[str, list[dict]] = {}
     for key, entry in entries.items():
-        seed = entry.get("seed", DEFAULT_SEED)
-        name = key.removesuffix(f"-s{seed}") if seed != DEFAULT_SEED else key
-        groups.setdefault(name, []).append(entry)
+        groups.setdefault(configuration_name(key, entry), []).append(entry)
     return {name: {**group[0], "val_mean_px": mean(e["val_mean_px"] for e in group), "val_seeds": len(group)}
             for name, group in groups.items()}
 
@@ -231,9 +266,17 @@ def summarize(results: dict, seed: int, quick: bool) -> None:
     done = {k: v for k, v in results["configurations"].items() if v.get("quick") == quick}
     # refit-* runs trained on the validation split: they have no validation error to be chosen by
     validated = {k: v for k, v in done.items() if v.get("val_mean_px") is not None}
-    pool = by_configuration({k: v for k, v in validated.items() if k.startswith("main-")} or validated)
-    # more epochs or a larger input must keep the refit within 45 minutes and buy more than a seed's noise
-    best = choose_recipe(pool)
+    candidates = {k: v for k, v in validated.items() if k.startswith("main-")} or validated
+    for key, entry in candidates.items():
+        # counted once, kept in the results; from the configuration as CONFIGS defines it (the commands of the early
+        # runs leave out what cxr_complete set then, such as the MLP head)
+        if "forward_gflops" not in entry:
+            entry["forward_gflops"] = forward_gflops(CONFIGS.get(configuration_name(key, entry)) or config_overrides(entry["command"]))
+    reference_gflops = forward_gflops(REFERENCE)
+    pool = by_configuration(candidates)
+    # more epochs, a larger input or a larger network must keep the refit within 45 minutes and buy more than a
+    # seed's noise
+    best = choose_recipe(pool, reference_gflops)
     # the chosen recipe refit on train + val, where it ran, is the main job
     main = f"refit-{best}" if f"refit-{best}" in done else best
     # TTA: the variant (flip alone, or flip + shifts of one size) that lowered the validation error most on average
@@ -247,7 +290,8 @@ def summarize(results: dict, seed: int, quick: bool) -> None:
     results.update({
         "benchmark": "cxr_landmarks: 15 landmarks, test split of 144 images, errors in pixels of the 299x299 original",
         "protocol": "main job: experiment=cxr_refit; the cxr_complete recipe chosen among the main-* configurations by validation mean "
-                    f"px, averaged over each configuration's seeds (a configuration that costs more to train - epochs x (input / 224)^2 - must beat the best cheaper one by "
+                    f"px, averaged over each configuration's seeds (a configuration that costs more to train - epochs x forward GFLOPs per image / "
+                    f"those of {' '.join(REFERENCE)} - must beat the best cheaper one by "
                     f"more than {COSTLIER_MARGIN_PX} px), "
                     "then refit on train + val (refit-<recipe>) where that run exists",
         "seed": seed,
@@ -255,6 +299,7 @@ def summarize(results: dict, seed: int, quick: bool) -> None:
         "main_job_configuration": main,
         "val_mean_px": pool[best]["val_mean_px"],  # the mean over the configuration's seeds (val_seeds of them)
         "val_seeds": pool[best]["val_seeds"],
+        "reference_gflops": reference_gflops,
         "tta": choice if tta else None,
         "tta_choice": {"rule": f"the TTA variant (flip alone, or flip + shifts of one of {list(TTA_SHIFTS)} input px) with the lowest mean "
                                "change of the validation mean px over the runs that measured every variant, if below 0",
