@@ -93,6 +93,9 @@ CONFIGS = {
     # without AVX-512, against Lite0's 22-23 s on the usual Intel machines)
     "screen30-lite1": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "model=efficientnet_lite1"],
     "screen30-lite2": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "model=efficientnet_lite2"],
+    # the loss: the wing term alone, without the symmetry (0.3) and distance (0.2) terms of loss=complete, which were
+    # inherited from the seed project and never screened in this recipe
+    "screen30-wing": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "loss=wing"],
     "screen30-train80": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "data.prepare.limit_per_split={train:535}"],
     # the chosen recipe, unchanged, refit on train + val (= experiment=cxr_refit, the main job since session 8):
     # no validation left, the last epoch is tested
