@@ -22,6 +22,7 @@ lowered the validation error most on average over the runs that measured every v
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shlex
 from datetime import datetime, timezone
@@ -176,6 +177,8 @@ def run_config(name: str, overrides: list[str], seed: int, quick: bool, extra: l
         "train_seconds": run["train_seconds"],
         "wall_seconds": run["wall_seconds"],
         "peak_memory_mb": summary["memory"],
+        "machine": machine(),  # seconds per epoch differ 2-4x between the CPUs sessions get
+        "code_commit": json.loads((run_dir / "run_info.json").read_text())["git"]["commit"][:7],
         "quick": quick,
         **tta_figures(run_dir, validated=val_mean_px is not None),
     }
