@@ -102,6 +102,8 @@ CONFIGS = {
     "screen30-geo2x": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "loss.terms.symmetry.weight=0.6",
                        "loss.terms.distance.weight=0.4"],
     "screen30-rot5": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "data.augment.rotate_limit=5"],
+    # twice the peak rate at the screen's budget: the 70-epoch run at 2e-3 was early-stopped near its peak rate
+    "screen30-lr2e-3": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "phase.stages.finetune.optimizer.lr=2e-3"],
     "screen30-train80": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "data.prepare.limit_per_split={train:535}"],
     # the chosen recipe, unchanged, refit on train + val (= experiment=cxr_refit, the main job since session 8):
     # no validation left, the last epoch is tested
