@@ -87,9 +87,6 @@ CONFIGS = {
     "screen30-hmw3": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "model.head.heatmap_loss_weight=3"],
     "screen30-sigma2": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "model.head.sigma=2"],
     "screen30-scale": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "++data.augment.scale=[0.9,1.1]"],
-    # does the recipe gain from more training images? The same 30 epochs on the first 535 of the 669 training
-    # images (80%; the CSV's order is mixed, so a random subset): decides, on validation, whether the main job
-    # refits its chosen recipe on train + val (813 images)
     # the stronger backbones screened at 30 epochs first (a Lite2 epoch took 95 s on the AMD EPYC machine of session 11,
     # without AVX-512, against Lite0's 22-23 s on the usual Intel machines)
     "screen30-lite1": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "model=efficientnet_lite1"],
@@ -104,6 +101,13 @@ CONFIGS = {
     "screen30-rot5": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "data.augment.rotate_limit=5"],
     # twice the peak rate at the screen's budget: the 70-epoch run at 2e-3 was early-stopped near its peak rate
     "screen30-lr2e-3": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "phase.stages.finetune.optimizer.lr=2e-3"],
+    # contrast-limited histogram equalisation of the cached X-rays (clip 2, 8x8 tiles; off in every run so far): the
+    # images come from several hospitals with different exposure, and CLAHE evens out the local contrast at the
+    # rib and diaphragm borders the landmarks sit on; it changes the cache key, so the cache is rebuilt once
+    "screen30-clahe": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "data.prepare.clahe.enabled=true"],
+    # does the recipe gain from more training images? The same 30 epochs on the first 535 of the 669 training
+    # images (80%; the CSV's order is mixed, so a random subset): decides, on validation, whether the main job
+    # refits its chosen recipe on train + val (813 images)
     "screen30-train80": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "data.prepare.limit_per_split={train:535}"],
     # the chosen recipe, unchanged, refit on train + val (= experiment=cxr_refit, the main job since session 8):
     # no validation left, the last epoch is tested
