@@ -80,6 +80,10 @@ CONFIGS = {
     # a 30-epoch screen (about 17 minutes each) of the heat-map head and augmentation against screen30-base, one
     # change at a time, chosen by validation; the winner is then run at the main job's 70 epochs
     "screen30-base": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30"],
+    # screen30-base again, same code path and seed, on whichever CPU the session has: every screen since session 11
+    # ran on an AVX2-only machine, whose kernels round differently from the Intel one screen30-base ran on, so the
+    # screens are compared with this control run on the same machine
+    "screen30-base-rerun": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30"],
     "screen30-c64": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "model.head.channels=64"],
     "screen30-stride4-c64": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "model.head.channels=64",
                              "model.head.out_indices=[1,2,3,4]"],
