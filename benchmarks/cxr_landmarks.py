@@ -41,6 +41,8 @@ from studykit.models.landmark_module import LandmarkRegressor
 
 RESULTS = ROOT / "benchmarks" / "results" / "cxr_landmarks.json"
 
+# the 30-epoch screen: the recipe at 30 epochs, which each screen30-* configuration changes in one place
+SCREEN30 = ["experiment=cxr_complete", "phase.stages.finetune.epochs=30"]
 CONFIGS = {
     # the seed project's two-phase protocol (experiment=cxr_seed_protocol)
     "efficientnet_lite0-complete": ["experiment=cxr_seed_protocol"],
@@ -79,40 +81,38 @@ CONFIGS = {
     "main-lite2-heatmap-70ep": ["experiment=cxr_complete", "model=efficientnet_lite2", "phase.stages.finetune.epochs=70"],
     # a 30-epoch screen (about 17 minutes each) of the heat-map head and augmentation against screen30-base, one
     # change at a time, chosen by validation; the winner is then run at the main job's 70 epochs
-    "screen30-base": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30"],
+    "screen30-base": [*SCREEN30],
     # screen30-base again, same code path and seed, on whichever CPU the session has: every screen since session 11
     # ran on an AVX2-only machine, whose kernels round differently from the Intel one screen30-base ran on, so the
     # screens are compared with this control run on the same machine
-    "screen30-base-rerun": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30"],
-    "screen30-c64": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "model.head.channels=64"],
-    "screen30-stride4-c64": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "model.head.channels=64",
-                             "model.head.out_indices=[1,2,3,4]"],
-    "screen30-hmw0": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "model.head.heatmap_loss_weight=0"],
-    "screen30-hmw3": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "model.head.heatmap_loss_weight=3"],
-    "screen30-sigma2": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "model.head.sigma=2"],
-    "screen30-scale": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "++data.augment.scale=[0.9,1.1]"],
+    "screen30-base-rerun": [*SCREEN30],
+    "screen30-c64": [*SCREEN30, "model.head.channels=64"],
+    "screen30-stride4-c64": [*SCREEN30, "model.head.channels=64", "model.head.out_indices=[1,2,3,4]"],
+    "screen30-hmw0": [*SCREEN30, "model.head.heatmap_loss_weight=0"],
+    "screen30-hmw3": [*SCREEN30, "model.head.heatmap_loss_weight=3"],
+    "screen30-sigma2": [*SCREEN30, "model.head.sigma=2"],
+    "screen30-scale": [*SCREEN30, "++data.augment.scale=[0.9,1.1]"],
     # the stronger backbones screened at 30 epochs first (a Lite2 epoch took 95 s on the AMD EPYC machine of session 11,
     # without AVX-512, against Lite0's 22-23 s on the usual Intel machines)
-    "screen30-lite1": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "model=efficientnet_lite1"],
-    "screen30-lite2": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "model=efficientnet_lite2"],
+    "screen30-lite1": [*SCREEN30, "model=efficientnet_lite1"],
+    "screen30-lite2": [*SCREEN30, "model=efficientnet_lite2"],
     # the loss: the wing term alone, without the symmetry (0.3) and distance (0.2) terms of loss=complete, which were
     # inherited from the seed project and never screened in this recipe
-    "screen30-wing": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "loss=wing"],
+    "screen30-wing": [*SCREEN30, "loss=wing"],
     # wing alone scored worse on validation (7.28 against 7.19 px), so the geometric terms help: do they help more at
     # twice their weight? And the augmentation: is rotation up to 15 deg more than upright, centred X-rays need?
-    "screen30-geo2x": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "loss.terms.symmetry.weight=0.6",
-                       "loss.terms.distance.weight=0.4"],
-    "screen30-rot5": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "data.augment.rotate_limit=5"],
+    "screen30-geo2x": [*SCREEN30, "loss.terms.symmetry.weight=0.6", "loss.terms.distance.weight=0.4"],
+    "screen30-rot5": [*SCREEN30, "data.augment.rotate_limit=5"],
     # twice the peak rate at the screen's budget: the 70-epoch run at 2e-3 was early-stopped near its peak rate
-    "screen30-lr2e-3": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "phase.stages.finetune.optimizer.lr=2e-3"],
+    "screen30-lr2e-3": [*SCREEN30, "phase.stages.finetune.optimizer.lr=2e-3"],
     # contrast-limited histogram equalisation of the cached X-rays (clip 2, 8x8 tiles; off in every run so far): the
     # images come from several hospitals with different exposure, and CLAHE evens out the local contrast at the
     # rib and diaphragm borders the landmarks sit on; it changes the cache key, so the cache is rebuilt once
-    "screen30-clahe": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "data.prepare.clahe.enabled=true"],
+    "screen30-clahe": [*SCREEN30, "data.prepare.clahe.enabled=true"],
     # does the recipe gain from more training images? The same 30 epochs on the first 535 of the 669 training
     # images (80%; the CSV's order is mixed, so a random subset): decides, on validation, whether the main job
     # refits its chosen recipe on train + val (813 images)
-    "screen30-train80": ["experiment=cxr_complete", "phase.stages.finetune.epochs=30", "data.prepare.limit_per_split={train:535}"],
+    "screen30-train80": [*SCREEN30, "data.prepare.limit_per_split={train:535}"],
     # the chosen recipe, unchanged, refit on train + val (= experiment=cxr_refit, the main job since session 8):
     # no validation left, the last epoch is tested
     "refit-main-lite0-heatmap-70ep": ["experiment=cxr_complete", "model/head=heatmap", "phase.stages.finetune.epochs=70",
