@@ -86,6 +86,9 @@ CONFIGS = {
     # ran on an AVX2-only machine, whose kernels round differently from the Intel one screen30-base ran on, so the
     # screens are compared with this control run on the same machine
     "screen30-base-rerun": [*SCREEN30],
+    # the control again on session 14's machine (an AMD EPYC with AVX-512 and BF16, unlike session 13's AVX2-only
+    # one), kept under its own key so that session 13's control stays beside the screens it was run against
+    "screen30-base-session14": [*SCREEN30],
     "screen30-c64": [*SCREEN30, "model.head.channels=64"],
     "screen30-stride4-c64": [*SCREEN30, "model.head.channels=64", "model.head.out_indices=[1,2,3,4]"],
     "screen30-hmw0": [*SCREEN30, "model.head.heatmap_loss_weight=0"],
