@@ -72,3 +72,21 @@ def test_one_augmentation_builder_reads_the_same_keys_everywhere():
     assert [type(t).__name__ for t in build_augmentation(32, False, full)] == ["Resize"]  # evaluation: resize only
     with pytest.raises(ValueError, match=r"unknown data.augment keys \['rotation'\]"):
         build_augmentation(32, True, {"rotation": 10})
+
+
+def test_translation_moves_image_and_landmarks_together():
+    from studykit.data.augment import build_augmentation
+
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[29:32, 19:22] = 255  # a bright 3x3 block centred on the landmark (20, 30)
+    shifts = []
+    for seed in range(6):
+        warp = build_augmentation(64, True, {"translate": 0.2, "rotate_p": 1.0}, seed=seed, keypoints=True)
+        assert [type(t).__name__ for t in warp] == ["Affine", "Resize"]  # the shift alone builds the affine step
+        out = warp(image=image, keypoints=np.array([[20.0, 30.0]]))
+        x, y = out["keypoints"][0]
+        rows, cols = np.nonzero(out["image"][..., 0] > 127)
+        assert (cols.mean(), rows.mean()) == pytest.approx((x, y), abs=0.5)  # the landmark stays on its block
+        assert abs(x - 20) <= 0.2 * 64 + 1 and abs(y - 30) <= 0.2 * 64 + 1
+        shifts.append((round(x - 20), round(y - 30)))
+    assert len(set(shifts)) > 1  # the shift is drawn anew

@@ -4,6 +4,8 @@
                             where left/right pairs are swapped: pass flip=False)
     rotate_limit, rotate_p  rotation by up to +-rotate_limit degrees, with probability rotate_p (default 0.5)
     scale                   [lo, hi] zoom drawn with the rotation (null: none)
+    translate               shift by up to +-translate of the image size along x and y, drawn with the rotation
+                            (0: none)
     brightness, contrast    limits of a random brightness/contrast change, with probability brightness_contrast_p
                             (default 0.5)
 Then a resize to the input size. Training only: evaluation gets the resize alone.
@@ -15,7 +17,7 @@ from typing import Any
 
 import albumentations as A
 
-KEYS = {"hflip_p", "rotate_limit", "rotate_p", "scale", "brightness", "contrast", "brightness_contrast_p"}
+KEYS = {"hflip_p", "rotate_limit", "rotate_p", "scale", "translate", "brightness", "contrast", "brightness_contrast_p"}
 
 
 def build_augmentation(input_size: int, train: bool, augment: dict[str, Any], seed: int | None = None,
@@ -27,10 +29,16 @@ def build_augmentation(input_size: int, train: bool, augment: dict[str, Any], se
     if train:
         if flip and augment.get("hflip_p", 0):
             steps.append(A.HorizontalFlip(p=float(augment["hflip_p"])))
-        if augment.get("rotate_limit", 0):
-            limit = float(augment["rotate_limit"])
-            zoom = {"scale": tuple(float(v) for v in augment["scale"])} if augment.get("scale") else {}
-            steps.append(A.Affine(rotate=(-limit, limit), **zoom, border_mode=0, fill=0, p=float(augment.get("rotate_p", 0.5))))
+        limit = float(augment.get("rotate_limit") or 0)
+        shift = float(augment.get("translate") or 0)
+        if limit or augment.get("scale") or shift:
+            # one affine warp (probability rotate_p) draws rotation, zoom and shift together
+            geometry: dict[str, Any] = {"rotate": (-limit, limit)}
+            if augment.get("scale"):
+                geometry["scale"] = tuple(float(v) for v in augment["scale"])
+            if shift:
+                geometry["translate_percent"] = {"x": (-shift, shift), "y": (-shift, shift)}
+            steps.append(A.Affine(**geometry, border_mode=0, fill=0, p=float(augment.get("rotate_p", 0.5))))
         if augment.get("brightness", 0) or augment.get("contrast", 0):
             steps.append(A.RandomBrightnessContrast(brightness_limit=float(augment.get("brightness", 0.0)),
                                                     contrast_limit=float(augment.get("contrast", 0.0)),
