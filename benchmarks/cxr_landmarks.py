@@ -130,9 +130,6 @@ CONFIGS = {
     # the 256-px recipe refit on train + val, should it beat 224 px on validation
     "refit-main-lite0-heatmap-256px-70ep": ["experiment=cxr_complete", "data.input_size=256", "phase.stages.finetune.epochs=70",
                                             "data.fit_splits=[train,val]"],
-    # the peak rate 2e-3 refit on train + val, should main-lite0-heatmap-70ep-lr2e-3-full beat the recipe on validation
-    "refit-main-lite0-heatmap-70ep-lr2e-3": ["experiment=cxr_complete", "phase.stages.finetune.epochs=70",
-                                             "phase.stages.finetune.optimizer.lr=2e-3", "data.fit_splits=[train,val]"],
     "refit-main-lite0-heatmap-90ep": ["experiment=cxr_complete", "phase.stages.finetune.epochs=90", "data.fit_splits=[train,val]"],
     "refit-main-lite1-heatmap-70ep": ["experiment=cxr_complete", "model=efficientnet_lite1", "phase.stages.finetune.epochs=70",
                                       "data.fit_splits=[train,val]"],
