@@ -90,3 +90,5 @@ def test_translation_moves_image_and_landmarks_together():
         assert abs(x - 20) <= 0.2 * 64 + 1 and abs(y - 30) <= 0.2 * 64 + 1
         shifts.append((round(x - 20), round(y - 30)))
     assert len(set(shifts)) > 1  # the shift is drawn anew
+    with pytest.raises(ValueError, match=r"data.augment.translate .* \[0, 1\), got -0.1"):
+        build_augmentation(64, True, {"translate": -0.1})

@@ -30,12 +30,15 @@ def build_augmentation(input_size: int, train: bool, augment: dict[str, Any], se
         if flip and augment.get("hflip_p", 0):
             steps.append(A.HorizontalFlip(p=float(augment["hflip_p"])))
         limit = float(augment.get("rotate_limit") or 0)
+        zoom = augment.get("scale")
         shift = float(augment.get("translate") or 0)
-        if limit or augment.get("scale") or shift:
+        if not 0 <= shift < 1:
+            raise ValueError(f"data.augment.translate is a fraction of the image size in [0, 1), got {shift}")
+        if limit or zoom or shift:
             # one affine warp (probability rotate_p) draws rotation, zoom and shift together
             geometry: dict[str, Any] = {"rotate": (-limit, limit)}
-            if augment.get("scale"):
-                geometry["scale"] = tuple(float(v) for v in augment["scale"])
+            if zoom:
+                geometry["scale"] = tuple(float(v) for v in zoom)
             if shift:
                 geometry["translate_percent"] = {"x": (-shift, shift), "y": (-shift, shift)}
             steps.append(A.Affine(**geometry, border_mode=0, fill=0, p=float(augment.get("rotate_p", 0.5))))
