@@ -122,6 +122,20 @@ def test_heatmap_regressor_shapes_and_pretrained_features():
         LandmarkRegressor({"name": "resnet18"}, {"type": "graph"}, 15)
 
 
+def test_heatmap_head_light_fine_level_doubles_the_map_resolution():
+    head = {"type": "heatmap", "channels": 16, "out_indices": [1, 2, 3, 4], "fine_channels": 8}
+    net = LandmarkRegressor({"name": "resnet18", "pretrained": {"source": "none"}}, head, num_landmarks=15)
+    out = net(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 15, 2) and net.head.last_probs.shape == (2, 15, 16, 16)  # stride 4, not 8
+    out.sum().backward()
+    # the finest level feeds the maps through its own light stage; the decoder covers the three coarser ones
+    assert net.head.fine["lateral"].weight.grad.abs().sum() > 0 and len(net.head.lateral) == 3
+    assert net.head.out.in_channels == 8
+    with pytest.raises(ValueError, match="fine_channels needs two or more levels"):
+        LandmarkRegressor({"name": "resnet18", "pretrained": {"source": "none"}},
+                          {**head, "out_indices": [4]}, num_landmarks=15)
+
+
 def test_heatmap_head_trains_with_its_auxiliary_loss(make_cfg):
     cfg = make_cfg(["model/head=heatmap", "model.head.channels=16", "phase=head_only", *SHORT])
     train(cfg)

@@ -62,20 +62,41 @@ def conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
 
 class HeatmapHead(nn.Module):
     """FPN-style decoder over several backbone levels -> one heat map per landmark at the finest level ->
-    soft-argmax coordinates. `last_probs` keeps the probability maps for an optional heat-map loss."""
+    soft-argmax coordinates. `last_probs` keeps the probability maps for an optional heat-map loss.
+
+    fine_channels > 0 gives the finest level a light stage of its own instead: the decoder (channels wide) runs over
+    the coarser levels, its output is projected to fine_channels, upsampled and added to the finest level's 1x1
+    projection, then one 3x3 conv - maps at twice the resolution for a small part of what running the full-width
+    decoder at that level costs (stride 4 instead of 8 with out_indices [1,2,3,4]: +6% of the recipe's FLOPs
+    against +117%)."""
 
     def __init__(self, in_channels: Sequence[int], num_landmarks: int, channels: int = 128, depth: int = 2,
-                 beta: float = 1.0, learn_beta: bool = True):
+                 beta: float = 1.0, learn_beta: bool = True, fine_channels: int = 0):
         super().__init__()
-        self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
+        levels = list(in_channels)
+        self.fine: nn.ModuleDict | None = None
+        if fine_channels:
+            if len(levels) < 2:
+                raise ValueError(f"model.head.fine_channels needs two or more levels in out_indices, got {len(levels)}")
+            self.fine = nn.ModuleDict({"lateral": nn.Conv2d(levels[0], fine_channels, 1),
+                                       "project": nn.Conv2d(channels, fine_channels, 1),
+                                       "smooth": conv_bn_relu(fine_channels, fine_channels)})
+            levels = levels[1:]
+        self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in levels)
         self.smooth = nn.Sequential(*[conv_bn_relu(channels, channels) for _ in range(depth)])
-        self.out = nn.Conv2d(channels, num_landmarks, 1)
+        self.out = nn.Conv2d(fine_channels or channels, num_landmarks, 1)
         self.log_beta = nn.Parameter(torch.tensor(float(beta)).log(), requires_grad=learn_beta)
         self.last_probs: torch.Tensor | None = None
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        finest, features = (features[0], features[1:]) if self.fine is not None else (None, features)
         x = self.lateral[-1](features[-1])
         for lateral, feat in zip(reversed(self.lateral[:-1]), reversed(features[:-1])):
             x = F.interpolate(x, size=feat.shape[-2:], mode="bilinear", align_corners=False) + lateral(feat)
-        coords, self.last_probs = soft_argmax(self.out(self.smooth(x)), self.log_beta.exp())
+        x = self.smooth(x)
+        if finest is not None:
+            # projecting before upsampling: the 1x1 conv and bilinear upsampling commute, and the small side is cheaper
+            up = F.interpolate(self.fine["project"](x), size=finest.shape[-2:], mode="bilinear", align_corners=False)
+            x = self.fine["smooth"](up + self.fine["lateral"](finest))
+        coords, self.last_probs = soft_argmax(self.out(x), self.log_beta.exp())
         return coords
