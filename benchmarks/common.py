@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from studykit.utils.run_info import git_state
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "runs"
 # the data sets: $STUDYKIT_DATA_ROOT, else ../shared/data beside the checkout (as conf/paths/default.yaml)
@@ -88,6 +90,11 @@ def pretrained_source(run_dir: Path) -> str:
 
 def load_results(path: Path, empty: dict[str, Any]) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else empty
+
+
+def script_provenance() -> dict[str, str]:
+    """What a benchmark script's results record of how they were made: its command line and the code's commit."""
+    return {"command": "python " + " ".join(sys.argv), "code_commit": (git_state(ROOT).get("commit") or "")[:7]}
 
 
 def save_results(path: Path, results: dict[str, Any]) -> None:

@@ -20,20 +20,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shlex
 import statistics
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from common import ROOT, machine, save_results
+from common import ROOT, machine, save_results, script_provenance
 
 from studykit.losses import WingLoss
 from studykit.models.landmark_module import LandmarkRegressor
-from studykit.utils.run_info import git_state
 
 RESULTS = ROOT / "benchmarks" / "results" / "cpu_speed.json"
 MODELS = ["resnet18", "resnet50", "efficientnet_b0", "tf_efficientnet_lite0"]
@@ -159,9 +156,7 @@ def main() -> None:
         "benchmark": "train step (forward, wing loss, backward, AdamW) and inference step, LandmarkRegressor with MLP head",
         "batch_size": args.batch_size, "input_size": args.input_size, "steps": args.steps, "repeats": args.repeats,
         "models": {},
-        # what ran, so a figure can be traced and rerun
-        "command": shlex.join(["python", "benchmarks/cpu_speed.py", *sys.argv[1:]]),
-        "code_commit": (git_state(ROOT).get("commit") or "")[:7],
+        **script_provenance(),
     }
     for name in args.models.split(","):
         results["models"][name] = bench_model(name, modes, args.batch_size, args.input_size, args.steps, args.repeats, args.warmup)

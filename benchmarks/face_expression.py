@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import DATA_ROOT, ROOT, RUNS, load_results, machine, run_train, save_results
+from common import DATA_ROOT, ROOT, RUNS, load_results, machine, run_train, save_results, script_provenance
 from omegaconf import OmegaConf
 
 from studykit.evaluation.runner import evaluate_single
@@ -180,7 +179,7 @@ def main() -> None:
         "cold_total_seconds": cold_total,
         "cached_rerun_seconds": warm_total,
         "image_status": statuses,
-        "command": "python " + " ".join(sys.argv),
+        **script_provenance(),
         "machine": machine(),
         "note": args.note,
         "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),

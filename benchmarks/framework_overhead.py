@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +21,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from common import DATA_ROOT, ROOT, machine
+from common import DATA_ROOT, ROOT, machine, script_provenance
 
 from studykit.data.cxr_landmarks import prepare_cxr_landmarks, read_grey
 from studykit.data.landmark_datamodule import LandmarkDataset
@@ -146,7 +145,7 @@ def main() -> None:
 
     result = {
         "benchmark": "framework overhead: Lightning vs plain PyTorch training loop; .pt cache vs PNG decoding",
-        "command": "python " + " ".join(sys.argv),
+        **script_provenance(),
         "model": "resnet18 (random init) + seed head, wing loss, Adam with two learning-rate groups",
         "batch_size": args.batch_size,
         "input_size": args.input_size,

@@ -177,7 +177,7 @@ def test_incomplete_stage_and_epoch_cap(make_cfg):
         train(make_cfg(["phase=head_only", "ckpt_path=/somewhere/finetune/last.ckpt"]))
 
 
-@pytest.mark.parametrize("progress, expected", [("default", "RichProgressBar"), ("null", None)])
+@pytest.mark.parametrize("progress, expected", [("default", "RichProgressBar"), ("null", "NoneType")])
 def test_progress_bar_is_the_configured_one_or_none(make_cfg, tmp_path, progress, expected):
     from studykit.training.run import build_trainer, stage_plan
 
@@ -185,7 +185,7 @@ def test_progress_bar_is_the_configured_one_or_none(make_cfg, tmp_path, progress
     stage, stage_cfg = stage_plan(cfg)[0]
     trainer, _ = build_trainer(cfg, stage, stage_cfg, tmp_path)
     # null must not fall back to the bar Lightning adds by default
-    assert type(trainer.progress_bar_callback).__name__ == expected if expected else trainer.progress_bar_callback is None
+    assert type(trainer.progress_bar_callback).__name__ == expected
 
 
 def test_ema_weights_are_validated_checkpointed_and_resumed(make_cfg):
