@@ -134,6 +134,9 @@ def test_heatmap_head_light_fine_level_doubles_the_map_resolution():
     with pytest.raises(ValueError, match="fine_channels needs two or more levels"):
         LandmarkRegressor({"name": "resnet18", "pretrained": {"source": "none"}},
                           {**head, "out_indices": [4]}, num_landmarks=15)
+    with pytest.raises(ValueError, match="fine_channels must be 0 .off. or a positive width, got -8"):
+        LandmarkRegressor({"name": "resnet18", "pretrained": {"source": "none"}},
+                          {**head, "fine_channels": -8}, num_landmarks=15)
 
 
 def test_heatmap_head_trains_with_its_auxiliary_loss(make_cfg):

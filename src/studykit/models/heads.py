@@ -75,6 +75,8 @@ class HeatmapHead(nn.Module):
         super().__init__()
         levels = list(in_channels)
         self.fine: nn.ModuleDict | None = None
+        if fine_channels < 0:
+            raise ValueError(f"model.head.fine_channels must be 0 (off) or a positive width, got {fine_channels}")
         if fine_channels:
             if len(levels) < 2:
                 raise ValueError(f"model.head.fine_channels needs two or more levels in out_indices, got {len(levels)}")
