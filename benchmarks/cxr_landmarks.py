@@ -118,6 +118,9 @@ CONFIGS = {
     # random shifts of up to +-5% of the image (+-11 px at 224) drawn with the rotation: the recipe has none, and the
     # shifted views of TTA lower the error (8 px: -0.12 px on validation), so the net is not yet shift-equivariant
     "screen30-shift": [*SCREEN30, "data.augment.translate=0.05"],
+    # the two augmentation changes that each scored under the control with both seeds (shifts -0.07 px, rotation
+    # 5 deg -0.05 px on validation, sessions 14-15), together: do they add up past the 0.1 px bar?
+    "screen30-shift-rot5": [*SCREEN30, "data.augment.translate=0.05", "data.augment.rotate_limit=5"],
     # twice the peak rate at the screen's budget: the 70-epoch run at 2e-3 was early-stopped near its peak rate
     "screen30-lr2e-3": [*SCREEN30, "phase.stages.finetune.optimizer.lr=2e-3"],
     # contrast-limited histogram equalisation of the cached X-rays (clip 2, 8x8 tiles; off in every run so far): the
