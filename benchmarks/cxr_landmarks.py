@@ -99,7 +99,12 @@ CONFIGS = {
     # recipe's 128-channel decoder over strides 8-32: the shifted TTA views lower the error by cutting the 8-px
     # cells' rounding, and stride 4 beat stride 8 at 64 channels (7.30 against 7.38 px); sigma 2 cells keeps the
     # target Gaussians as wide in pixels as the recipe's (1 cell at stride 8), so only the resolution changes
-    "screen30-fine4": [*SCREEN30, "model.head.out_indices=[1,2,3,4]", "model.head.fine_channels=32", "model.head.sigma=2"],
+    "screen30-fine4": [*SCREEN30, "model.head.out_indices=[1,2,3,4]", "model.head.fine_channels=32", "model.head.sigma=2",
+                       "model.head.fine_from_coarse=false"],
+    # screen30-fine4 started slowly (val 80 px after its first epoch against 26) and never caught up: the same stride-4
+    # maps, started from the decoder's stride-8 maps upsampled plus a correction that starts at zero
+    "screen30-fine4-from-coarse": [*SCREEN30, "model.head.out_indices=[1,2,3,4]", "model.head.fine_channels=32",
+                                   "model.head.sigma=2"],
     "screen30-hmw0": [*SCREEN30, "model.head.heatmap_loss_weight=0"],
     "screen30-hmw3": [*SCREEN30, "model.head.heatmap_loss_weight=3"],
     "screen30-sigma2": [*SCREEN30, "model.head.sigma=2"],

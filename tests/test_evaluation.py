@@ -123,7 +123,8 @@ def test_heatmap_regressor_shapes_and_pretrained_features():
 
 
 def test_heatmap_head_light_fine_level_doubles_the_map_resolution():
-    head = {"type": "heatmap", "channels": 16, "out_indices": [1, 2, 3, 4], "fine_channels": 8}
+    head = {"type": "heatmap", "channels": 16, "out_indices": [1, 2, 3, 4], "fine_channels": 8,
+            "fine_from_coarse": False}
     net = LandmarkRegressor({"name": "resnet18", "pretrained": {"source": "none"}}, head, num_landmarks=15)
     out = net(torch.randn(2, 3, 64, 64))
     assert out.shape == (2, 15, 2) and net.head.last_probs.shape == (2, 15, 16, 16)  # stride 4, not 8
@@ -137,6 +138,30 @@ def test_heatmap_head_light_fine_level_doubles_the_map_resolution():
     with pytest.raises(ValueError, match="fine_channels must be 0 .off. or a positive width, got -8"):
         LandmarkRegressor({"name": "resnet18", "pretrained": {"source": "none"}},
                           {**head, "fine_channels": -8}, num_landmarks=15)
+
+
+def test_heatmap_head_fine_maps_start_from_the_coarse_maps_then_learn_a_correction():
+    torch.manual_seed(0)
+    head = {"type": "heatmap", "channels": 16, "out_indices": [1, 2, 3, 4], "fine_channels": 8}
+    net = LandmarkRegressor({"name": "resnet18", "pretrained": {"source": "none"}}, head, num_landmarks=15)
+    coarse = {}
+    net.head.out.register_forward_hook(lambda module, inputs, output: coarse.update(maps=output))
+    x = torch.randn(2, 3, 64, 64)
+    out = net(x)
+    assert coarse["maps"].shape == (2, 15, 8, 8) and net.head.last_probs.shape == (2, 15, 16, 16)
+    # at the start the stride-4 maps are the decoder's stride-8 maps upsampled: the correction is zero
+    upsampled = torch.nn.functional.interpolate(coarse["maps"], size=(16, 16), mode="bilinear", align_corners=False)
+    expected, _ = soft_argmax(upsampled, net.head.log_beta.exp())
+    torch.testing.assert_close(out, expected)
+    # the correction learns from the first step, and then the fine level's own features reach the maps
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    out.sum().backward()
+    assert net.head.fine["out"].weight.grad.abs().sum() > 0
+    optimizer.step()
+    optimizer.zero_grad()
+    net(x).sum().backward()
+    assert net.head.fine["lateral"].weight.grad.abs().sum() > 0
+    assert not torch.allclose(net(x), expected)
 
 
 def test_heatmap_head_trains_with_its_auxiliary_loss(make_cfg):

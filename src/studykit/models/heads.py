@@ -68,10 +68,13 @@ class HeatmapHead(nn.Module):
     the coarser levels, its output is projected to fine_channels, upsampled and added to the finest level's 1x1
     projection, then one 3x3 conv - maps at twice the resolution for a small part of what running the full-width
     decoder at that level costs (stride 4 instead of 8 with out_indices [1,2,3,4]: +6% of the recipe's FLOPs
-    against +117%)."""
+    against +117%). With fine_from_coarse (the default) the maps are the decoder's own stride-8 maps, upsampled,
+    plus a correction from the light stage whose last conv starts at zero: training starts from the coarse head's
+    maps instead of from a near-uniform softmax over four times the cells, which started slower and never caught up
+    (BENCHMARKS.md, screen30-fine4)."""
 
     def __init__(self, in_channels: Sequence[int], num_landmarks: int, channels: int = 128, depth: int = 2,
-                 beta: float = 1.0, learn_beta: bool = True, fine_channels: int = 0):
+                 beta: float = 1.0, learn_beta: bool = True, fine_channels: int = 0, fine_from_coarse: bool = True):
         super().__init__()
         levels = list(in_channels)
         self.fine: nn.ModuleDict | None = None
@@ -86,7 +89,13 @@ class HeatmapHead(nn.Module):
             levels = levels[1:]
         self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in levels)
         self.smooth = nn.Sequential(*[conv_bn_relu(channels, channels) for _ in range(depth)])
-        self.out = nn.Conv2d(fine_channels or channels, num_landmarks, 1)
+        self.fine_from_coarse = bool(fine_channels) and fine_from_coarse
+        # with fine_from_coarse, `out` makes the decoder's coarse maps and fine["out"] the light stage's correction
+        self.out = nn.Conv2d(channels if self.fine_from_coarse else fine_channels or channels, num_landmarks, 1)
+        if self.fine_from_coarse:
+            self.fine["out"] = nn.Conv2d(fine_channels, num_landmarks, 1)
+            nn.init.zeros_(self.fine["out"].weight)
+            nn.init.zeros_(self.fine["out"].bias)
         self.log_beta = nn.Parameter(torch.tensor(float(beta)).log(), requires_grad=learn_beta)
         self.last_probs: torch.Tensor | None = None
 
@@ -98,7 +107,15 @@ class HeatmapHead(nn.Module):
         x = self.smooth(x)
         if finest is not None:
             # projecting before upsampling: the 1x1 conv and bilinear upsampling commute, and the small side is cheaper
-            up = F.interpolate(self.fine["project"](x), size=finest.shape[-2:], mode="bilinear", align_corners=False)
-            x = self.fine["smooth"](up + self.fine["lateral"](finest))
-        coords, self.last_probs = soft_argmax(self.out(x), self.log_beta.exp())
+            size = finest.shape[-2:]
+            up = F.interpolate(self.fine["project"](x), size=size, mode="bilinear", align_corners=False)
+            fine = self.fine["smooth"](up + self.fine["lateral"](finest))
+            if self.fine_from_coarse:
+                coarse = F.interpolate(self.out(x), size=size, mode="bilinear", align_corners=False)
+                logits = coarse + self.fine["out"](fine)
+            else:
+                logits = self.out(fine)
+        else:
+            logits = self.out(x)
+        coords, self.last_probs = soft_argmax(logits, self.log_beta.exp())
         return coords
