@@ -83,6 +83,8 @@ CONFIGS = {
     # top-1 against 75%); at 224 px a Lite1 train step costs about what Lite0's does, Lite2's about 1.15x
     "main-lite1-heatmap-70ep": ["experiment=cxr_complete", "model=efficientnet_lite1", "phase.stages.finetune.epochs=70"],
     "main-lite2-heatmap-70ep": ["experiment=cxr_complete", "model=efficientnet_lite2", "phase.stages.finetune.epochs=70"],
+    # batch 8 at the recipe's 70 epochs: the 30-epoch screen at batch 8 beat its control on validation (session 17)
+    "main-lite0-heatmap-70ep-bs8": ["experiment=cxr_complete", "phase.stages.finetune.epochs=70", "data.batch_size=8"],
     # a 30-epoch screen (about 17 minutes each) of the heat-map head and augmentation against screen30-base, one
     # change at a time, chosen by validation; the winner is then run at the main job's 70 epochs
     "screen30-base": [*SCREEN30],
@@ -151,6 +153,8 @@ CONFIGS = {
                                       "data.fit_splits=[train,val]"],
     "refit-main-lite2-heatmap-70ep": ["experiment=cxr_complete", "model=efficientnet_lite2", "phase.stages.finetune.epochs=70",
                                       "data.fit_splits=[train,val]"],
+    "refit-main-lite0-heatmap-70ep-bs8": ["experiment=cxr_complete", "phase.stages.finetune.epochs=70", "data.batch_size=8",
+                                          "data.fit_splits=[train,val]"],
     # bf16 autocast against fp32 where bf16 is fast (ResNet: about 2x, BENCHMARKS "CPU speed"), on validation:
     # the main job's recipe on a randomly initialised ResNet-18 (no ImageNet weights here), 20 epochs
     "resnet18-heatmap-fp32": ["experiment=cxr_complete", "model=resnet18", "phase.stages.finetune.epochs=20"],
