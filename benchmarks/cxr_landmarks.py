@@ -153,8 +153,6 @@ CONFIGS = {
                                       "data.fit_splits=[train,val]"],
     "refit-main-lite2-heatmap-70ep": ["experiment=cxr_complete", "model=efficientnet_lite2", "phase.stages.finetune.epochs=70",
                                       "data.fit_splits=[train,val]"],
-    "refit-main-lite0-heatmap-70ep-bs8": ["experiment=cxr_complete", "phase.stages.finetune.epochs=70", "data.batch_size=8",
-                                          "data.fit_splits=[train,val]"],
     # bf16 autocast against fp32 where bf16 is fast (ResNet: about 2x, BENCHMARKS "CPU speed"), on validation:
     # the main job's recipe on a randomly initialised ResNet-18 (no ImageNet weights here), 20 epochs
     "resnet18-heatmap-fp32": ["experiment=cxr_complete", "model=resnet18", "phase.stages.finetune.epochs=20"],
