@@ -6,11 +6,17 @@
     python evaluate.py compare=[<run A>,<run B>]
 """
 
-import hydra
-from omegaconf import DictConfig
+if __name__ == "__main__":
+    # glibc reads its malloc tunables only at start: re-execute with them before torch is imported
+    from studykit.utils.allocator import reexec_with_tuned_malloc
 
-import studykit.config  # noqa: F401  (registers config resolvers)
-from studykit.evaluation.runner import evaluate, summary_line
+    reexec_with_tuned_malloc()
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+import studykit.config  # noqa: E402, F401  (registers config resolvers)
+from studykit.evaluation.runner import evaluate, summary_line  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")

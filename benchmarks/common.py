@@ -49,12 +49,12 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def run_train(overrides: list[str], run_dir: Path) -> dict[str, Any]:
+def run_train(overrides: list[str], run_dir: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Train and test one configuration; returns its test report, train summary, command and timings.
 
     Resumable: a run folder that already holds its test report is read, not retrained; one that a stopped
     run left with a last.ckpt resumes from it (the newest stage's), so a benchmark chain killed mid-way
-    loses at most one epoch."""
+    loses at most one epoch. `env`: the subprocess's environment (default: this process's)."""
     cmd = [sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}", "callbacks.progress=null"]
     start = time.perf_counter()
     if (run_dir / "test_report.json").is_file() and (run_dir / "train_summary.json").is_file():
@@ -63,7 +63,7 @@ def run_train(overrides: list[str], run_dir: Path) -> dict[str, Any]:
         last = sorted((run_dir / "checkpoints").glob("*/last.ckpt"), key=lambda p: p.stat().st_mtime)
         resume = [f"ckpt_path={last[-1]}"] if last else []
         print("+", " ".join(cmd + resume), flush=True)
-        subprocess.run(cmd + resume, cwd=ROOT, check=True)
+        subprocess.run(cmd + resume, cwd=ROOT, check=True, env=env)
     wall = time.perf_counter() - start
     summary = json.loads((run_dir / "train_summary.json").read_text())
     epochs = sum(s["epochs_run"] for s in summary["stages"].values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -54,6 +55,8 @@ def save_run_info(run_dir: str | Path, cfg: DictConfig, extra: dict[str, Any] | 
         "git": git_state(cfg.paths.root_dir if "paths" in cfg else None),
         "packages": package_versions(),
         "platform": platform.platform(),
+        # the allocator settings the entry point ran with (studykit.utils.allocator): they change speed, not results
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
         **(extra or {}),
     }
     atomic_write_json(run_dir / "run_info.json", info)
