@@ -43,7 +43,9 @@ def machine() -> dict[str, Any]:
     import torch
 
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), **cpu_model(),
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            # malloc settings change speed (studykit.utils.allocator): train.py sets them, an in-process benchmark may not
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
