@@ -51,6 +51,21 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def landmark_network(overrides: list[str]):
+    """The landmark network that `overrides` compose (random weights, nothing downloaded) and the composed config."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from studykit.models.landmark_module import LandmarkRegressor
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose("train", overrides=overrides)
+    backbone = {**OmegaConf.to_container(cfg.model.backbone, resolve=True), "pretrained": {"source": "none"}}
+    net = LandmarkRegressor(backbone, OmegaConf.to_container(cfg.model.head, resolve=True), num_landmarks=15,
+                            coord_attention=cfg.model.coord_attention)
+    return net, cfg
+
+
 def run_train(overrides: list[str], run_dir: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Train and test one configuration; returns its test report, train summary, command and timings.
 

@@ -30,14 +30,11 @@ from pathlib import Path
 from statistics import mean, stdev
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import CXR_QUICK, ROOT, RUNS, load_results, machine, run_train, save_results
+from common import CXR_QUICK, ROOT, RUNS, landmark_network, load_results, machine, run_train, save_results
 
 from studykit.evaluation.runner import evaluate_single
-from studykit.models.landmark_module import LandmarkRegressor
 
 RESULTS = ROOT / "benchmarks" / "results" / "cxr_landmarks.json"
 
@@ -239,11 +236,8 @@ REFERENCE = ["experiment=cxr_complete"]
 def forward_gflops(overrides: list[str]) -> float:
     """GFLOPs of one image's forward pass through the network that `overrides` compose, at its input size (torch's
     FlopCounterMode, random weights): a training step's cost up to a constant, on any machine."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        cfg = compose("train", overrides=overrides)
-    backbone = {**OmegaConf.to_container(cfg.model.backbone, resolve=True), "pretrained": {"source": "none"}}
-    net = LandmarkRegressor(backbone, OmegaConf.to_container(cfg.model.head, resolve=True), num_landmarks=15,
-                            coord_attention=cfg.model.coord_attention).eval()
+    net, cfg = landmark_network(overrides)
+    net.eval()
     size = int(cfg.data.input_size)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():

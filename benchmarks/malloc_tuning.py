@@ -29,9 +29,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import ROOT, RUNS, machine, run_train, save_results, script_provenance
+from common import ROOT, RUNS, landmark_network, machine, run_train, save_results, script_provenance
 
-from studykit.utils.allocator import REEXECUTED, SWITCH, TUNABLES
+from studykit.utils.allocator import REEXECUTED, SWITCH, TUNABLES, tuned_environment
 
 RESULTS = ROOT / "benchmarks" / "results" / "malloc_tuning.json"
 RUN_ROOT = RUNS / "malloc"
@@ -39,29 +39,25 @@ MODES = ("default", "tuned")
 
 
 def environment(mode: str) -> dict[str, str]:
-    """This process's environment with the tunables set (tuned) or left out (default); never re-executed again."""
+    """This process's environment with the tunables as the entry points set them (tuned) or switched off (default)."""
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", SWITCH, REEXECUTED)}
-    if mode == "tuned":
-        env["GLIBC_TUNABLES"] = ":".join(f"{k}={v}" for k, v in TUNABLES.items())
-        env[REEXECUTED] = "1"
-    else:
-        env[SWITCH] = "0"
-    return env
+    if mode == "default":
+        return {**env, SWITCH: "0"}
+    tuned = tuned_environment(env)
+    if tuned is None:
+        raise SystemExit("the malloc tuning applies to Linux with glibc only: nothing to compare here")
+    return tuned
 
 
 def child_step(steps: int, warmup: int) -> None:
     """In the child: time the recipe's training step, print one JSON line."""
     import torch
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     import studykit.config  # noqa: F401
-    from studykit.models.landmark_module import LandmarkRegressor
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["experiment=cxr_complete", "model.backbone.pretrained.source=none"])
     torch.manual_seed(0)
-    net = LandmarkRegressor(dict(cfg.model.backbone), dict(cfg.model.head), num_landmarks=15)
+    net, cfg = landmark_network(["experiment=cxr_complete"])
     net = net.to(memory_format=torch.channels_last)
     loss_fn = instantiate(cfg.loss)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)

@@ -2,7 +2,6 @@
 
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -10,11 +9,10 @@ from pathlib import Path
 import pytest
 
 from studykit.utils import allocator
-from studykit.utils.allocator import REEXECUTED, SWITCH, TUNABLES, parse_tunables, tuned_environment
+from studykit.utils.allocator import REEXECUTED, SWITCH, TUNABLES, applies, parse_tunables, tuned_environment
 
 ROOT = Path(__file__).resolve().parents[1]
-GLIBC_LINUX = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
-needs_glibc = pytest.mark.skipif(not GLIBC_LINUX, reason="the tuning applies to Linux with glibc only")
+needs_glibc = pytest.mark.skipif(not applies(), reason="the tuning applies to Linux with glibc only")
 
 
 @needs_glibc
@@ -31,6 +29,14 @@ def test_user_tunables_keep_their_values():
     assert tunables["glibc.malloc.mmap_max"] == "5"
     assert tunables["glibc.cpu.hwcaps"] == "-AVX512F"
     assert tunables["glibc.malloc.hugetlb"] == TUNABLES["glibc.malloc.hugetlb"]
+
+
+@needs_glibc
+def test_malformed_user_tunables_are_passed_on_untouched():
+    """glibc ignores what it cannot parse; so do we, rather than fail to start a run over the user's setting."""
+    env = tuned_environment({"GLIBC_TUNABLES": "not-a-tunable::glibc.malloc.mmap_max=5"})
+    assert env["GLIBC_TUNABLES"].split(":")[:2] == ["not-a-tunable", "glibc.malloc.mmap_max=5"]
+    assert parse_tunables(env["GLIBC_TUNABLES"])["glibc.malloc.hugetlb"] == TUNABLES["glibc.malloc.hugetlb"]
 
 
 @needs_glibc
