@@ -8,12 +8,14 @@ from omegaconf import DictConfig
 
 import studykit.config  # noqa: F401  (registers config resolvers)
 from studykit.training.run import build_datamodule
+from studykit.utils.io import guard_outputs
 
 log = logging.getLogger("prepare")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="prepare")
 def main(cfg: DictConfig) -> None:
+    guard_outputs(cfg.paths.get("data_root"), cfg.data.get("cache_dir"))
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     manifest = datamodule.manifest()

@@ -2,6 +2,8 @@
 face rows with statuses, distributions, ensembles, ONNX parity with torch, and bad input."""
 
 import csv
+import json
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -146,3 +148,147 @@ def test_bad_input_is_a_clear_error(landmark_run, tmp_path):
         predict(predict_cfg(tmp_path, input=xray))
     with pytest.raises(FileNotFoundError, match="export.py"):
         predict(predict_cfg(tmp_path, run_dir=landmark_run, input=xray, engine="onnx", onnx_path=tmp_path / "missing.onnx"))
+
+
+# ---- reliability: inputs, run folders from elsewhere, outputs (README, "Reliability") -------------------
+def test_a_rotated_phone_photo_gives_the_upright_files_prediction(jaffe_run, tmp_path):
+    from tests.test_reliability import rotated_copy
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    upright = sorted(JAFFE.glob("*.tiff"))[50]
+    shutil.copy(upright, folder / "upright.tiff")
+    rotated_copy(upright, folder / "portrait.png")  # stored sideways, EXIF Orientation 6
+    table = {Path(r["file"]).name: r for r in rows(predict(predict_cfg(tmp_path, run_dir=jaffe_run, input=folder))["predictions_csv"])}
+    a, b = table["upright.tiff"], table["portrait.png"]
+    assert a["status"] == b["status"] == "ok"
+    for key in ["box_x1", "box_y1", "box_x2", "box_y2"] + [k for k in a if k.startswith("p_")]:
+        assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-4), key
+
+
+def test_a_single_input_file_is_that_file_not_a_pattern(jaffe_run, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    faces_ = sorted(JAFFE.glob("*.tiff"))
+    shutil.copy(faces_[10], folder / "face[1].tiff")  # `[1]` is a glob class that matches "face1.tiff"
+    shutil.copy(faces_[80], folder / "face1.tiff")
+    # quoted, as on a command line: input="'face[1].tiff'"
+    result = predict(predict_cfg(tmp_path, run_dir=jaffe_run, input=f"'{folder / 'face[1].tiff'}'"))
+    assert [Path(r["file"]).name for r in rows(result["predictions_csv"])] == ["face[1].tiff"]
+
+
+def test_predictions_of_same_named_inputs_and_overlays_never_collide(landmark_run, tmp_path):
+    xray = sorted((CXR / "dataset" / "Normal").glob("*.png"))[0]
+    for sub in ("a", "b"):
+        (tmp_path / sub / "scans" / "nested").mkdir(parents=True)
+        shutil.copy(xray, tmp_path / sub / "scans" / "x.png")
+        cv2.imwrite(str(tmp_path / sub / "scans" / "x.jpg"), cv2.imread(str(xray)))
+        shutil.copy(xray, tmp_path / sub / "scans" / "nested" / "x.png")
+    out_a = predict(predict_cfg(tmp_path, run_dir=landmark_run, input=tmp_path / "a" / "scans", visualize=True))["predictions_csv"]
+    out_b = predict(predict_cfg(tmp_path, run_dir=landmark_run, input=tmp_path / "b" / "scans"))["predictions_csv"]
+    assert out_a.parent != out_b.parent and out_a.parent.parent == out_b.parent.parent == landmark_run / "predictions"
+    overlays = sorted(str(p.relative_to(out_a.parent / "overlays")) for p in (out_a.parent / "overlays").rglob("*.png"))
+    assert overlays == ["nested/x.png_landmarks.png", "x.jpg_landmarks.png", "x.png_landmarks.png"]
+
+
+def test_a_file_name_that_is_not_utf8_is_predicted_and_listed(landmark_run, tmp_path):
+    folder = tmp_path / "latin1"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9.png")
+    shutil.copy(sorted((CXR / "dataset" / "Normal").glob("*.png"))[0], folder / name)
+    result = predict(predict_cfg(tmp_path, run_dir=landmark_run, input=folder))
+    assert b"caf\xe9.png" in result["predictions_csv"].read_bytes() and result["predicted"] == 1
+
+
+def crafted_copy(run: Path, folder: Path, key: str, node: dict) -> Path:
+    """A copy of a real run folder whose config_resolved.yaml has `node` put at `key`."""
+    from omegaconf import OmegaConf
+
+    copy = folder / "crafted-run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("predictions", "export", "evaluation*"))
+    cfg = OmegaConf.load(copy / "config_resolved.yaml")
+    OmegaConf.update(cfg, key, node, force_add=True)
+    (copy / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg))
+    return copy
+
+
+@pytest.mark.parametrize("key,node", [
+    ("loss", {"_target_": "os.system", "_args_": ["touch MARKER"]}),
+    ("task.module.loss_helper", {"_target_": "studykit.utils.io.atomic_write_text", "path": "MARKER", "text": "x"}),
+], ids=["os.system", "project-helper-function"])
+def test_a_run_folder_from_elsewhere_cannot_run_code(landmark_run, tmp_path, key, node):
+    from studykit.evaluation.runner import evaluate
+    from studykit.utils.trust import UntrustedTargetError
+
+    marker = tmp_path / "pwned"
+    node = {k: ([str(a).replace("MARKER", str(marker)) for a in v] if isinstance(v, list) else str(v).replace("MARKER", str(marker)))
+            for k, v in node.items()}
+    run = crafted_copy(landmark_run, tmp_path, key, node)
+    xray = sorted((CXR / "dataset" / "Normal").glob("*.png"))[0]
+    with pytest.raises(UntrustedTargetError, match=f"{key}._target_: '{node['_target_']}'"):
+        evaluate(compose_cfg("evaluate", [f"run_dir={run}"], tmp_path / "ev", tmp_path / "cache"))
+    with pytest.raises(UntrustedTargetError):
+        predict(predict_cfg(tmp_path, run_dir=run, input=xray))
+    with pytest.raises(UntrustedTargetError):
+        export_onnx(run)
+    assert not marker.exists()
+
+
+def test_trusted_targets_admit_ones_own_code(landmark_run, tmp_path):
+    from studykit.utils import trust
+
+    run = crafted_copy(landmark_run, tmp_path, "notes", {"_target_": "tests.helpers.OutOfMemoryLoss", "why": "a user's own class, never built"})
+    xray = sorted((CXR / "dataset" / "Normal").glob("*.png"))[0]
+    with pytest.raises(trust.UntrustedTargetError, match="trusted_targets"):
+        predict(predict_cfg(tmp_path, run_dir=run, input=xray))
+    try:
+        result = predict(predict_cfg(tmp_path, run_dir=run, input=xray, trusted_targets="[tests.]"))
+        assert result["predicted"] == 1
+    finally:
+        trust._USER_PREFIXES.discard("tests.")
+
+
+def test_a_trained_run_never_reads_its_pretrained_source(tmp_path_factory, xray_folder, tmp_path):
+    """A run started from a weights file (as a JAFFE run starts from a FER+ run) keeps working when that file
+    is gone; a run started from the hub loads offline."""
+    from omegaconf import OmegaConf
+
+    from studykit.evaluation.runner import evaluate
+    from studykit.models.backbones import create_backbone
+
+    weights = tmp_path / "start.pt"
+    torch.save(create_backbone("resnet18").state_dict(), weights)
+    run = trained(tmp_path_factory, "from-file", [*TINY_CXR, "model=resnet18", "phase=finetune",
+                                                  "model.backbone.pretrained.source=file", f"model.backbone.pretrained.path={weights}"])
+    weights.unlink()
+    report = evaluate(compose_cfg("evaluate", [f"run_dir={run}"], tmp_path / "ev", tmp_path / "cache"))
+    assert report["mean_px"] == pytest.approx(json_report(run)["mean_px"], rel=1e-5)
+    assert predict(predict_cfg(tmp_path, run_dir=run, input=xray_folder))["predicted"] == 2
+    export_onnx(run)
+    cfg = OmegaConf.load(run / "config_resolved.yaml")
+    cfg.task.module.backbone.pretrained = {"source": "hub"}  # would download from the hub: there is no network here
+    (run / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg))
+    assert predict(predict_cfg(tmp_path / "hub", run_dir=run, input=xray_folder))["predicted"] == 2
+
+
+def json_report(run: Path) -> dict:
+    return json.loads((run / "test_report.json").read_text())
+
+
+def test_predict_and_export_never_write_inside_the_data_root(landmark_run, xray_folder, tmp_path):
+    from studykit.utils import io as sio
+
+    data = tmp_path / "data"
+    data.mkdir()
+    try:
+        cfg = predict_cfg(tmp_path, run_dir=landmark_run, input=xray_folder, predict_dir=data / "predictions")
+        cfg.paths.data_root = str(data)
+        with pytest.raises(PermissionError, match="read-only data root"):
+            predict(cfg)
+        with pytest.raises(PermissionError, match="read-only data root"):
+            export_onnx(landmark_run, data / "export", data_root=data)
+        assert list(data.iterdir()) == []
+        with pytest.raises(ValueError, match="inside the input folder"):
+            predict(predict_cfg(tmp_path, run_dir=landmark_run, input=xray_folder, predict_dir=xray_folder / "out"))
+    finally:
+        sio._READ_ONLY_ROOTS.discard(data.resolve())

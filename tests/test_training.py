@@ -110,7 +110,9 @@ def test_last_checkpoint_is_the_last_epoch_even_when_it_is_not_the_best(make_cfg
     folder = Path(cfg.paths.output_dir) / "checkpoints/head_only"
     assert safe_torch_load(folder / "best.ckpt")["epoch"] == 0
     assert safe_torch_load(folder / "last.ckpt")["epoch"] == 2
-    assert sorted(p.name for p in folder.iterdir()) == ["best.ckpt", "last.ckpt"]
+    # last.ckpt.prev: the resume point it replaced, the fallback when the newest is damaged
+    assert sorted(p.name for p in folder.iterdir()) == ["best.ckpt", "last.ckpt", "last.ckpt.prev"]
+    assert safe_torch_load(folder / "last.ckpt.prev")["epoch"] == 1
 
 
 def test_refit_on_train_and_val_trains_on_both_validates_nothing_and_tests_the_last_epoch(make_cfg, capsys):
@@ -131,7 +133,7 @@ def test_refit_on_train_and_val_trains_on_both_validates_nothing_and_tests_the_l
     folder = run / "checkpoints/head_only"
     # no best.ckpt: nothing held out to choose by; the last epoch is tested, and early stopping (patience 0,
     # which would end a monitored run after its first epoch) is off
-    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt"]
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "last.ckpt.prev"]
     assert safe_torch_load(folder / "last.ckpt")["epoch"] == 1
     stage = summary["stages"]["head_only"]
     assert stage["epochs_run"] == 2 and stage["best_score"] is None and stage["monitor"] is None

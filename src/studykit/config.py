@@ -7,9 +7,20 @@ import os
 from omegaconf import OmegaConf
 
 
+def resumed_run_dir(ckpt_path: str | None, default: str) -> str:
+    """hydra.run.dir: a resume (ckpt_path=<run>/checkpoints/<stage>/last.ckpt) continues <run>, else `default`."""
+    if not ckpt_path:
+        return default
+    stage_dir = os.path.dirname(os.path.abspath(os.path.expanduser(str(ckpt_path))))
+    checkpoints = os.path.dirname(stage_dir)
+    return os.path.dirname(checkpoints) if os.path.basename(checkpoints) == "checkpoints" else default
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("abspath"):
         OmegaConf.register_new_resolver("abspath", lambda p: os.path.abspath(os.path.expanduser(str(p))))
+    if not OmegaConf.has_resolver("resumed_run_dir"):
+        OmegaConf.register_new_resolver("resumed_run_dir", resumed_run_dir)
 
 
 register_resolvers()

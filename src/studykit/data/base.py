@@ -12,8 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, WeightedRandomSampler
 
-from studykit.data.cache import CacheStatus, read_manifest
-from studykit.utils.io import safe_torch_load
+from studykit.data.cache import CacheStatus, load_cached, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +117,7 @@ class CachedDataModule(L.LightningDataModule):
         if split not in self.splits:
             if self.cache_folder is None:
                 self.prepare_data()
-            tensors = safe_torch_load(self.cache_folder / f"{split}.pt")
+            tensors = load_cached(self.cache_folder, f"{split}.pt")
             if tensors["images"].shape[0] == 0:
                 raise RuntimeError(f"split {split!r} in {self.cache_folder} holds no images; see report.json there")
             self.splits[split] = tensors

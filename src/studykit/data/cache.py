@@ -3,17 +3,29 @@
 The manifest is written last, after every file, and records each file's size and sha256 and the hash of
 the config that made them. A folder whose manifest is missing, names another config, or disagrees with a
 file on disk is rebuilt, so a run killed midway never leaves a cache that is later trusted.
+
+Processes share a cache through one lock file per folder: a build (or a forced rebuild) holds it exclusively,
+readers (`load_cached`) hold it shared, so two processes starting on a cold cache get one build that both
+load, and a rebuild never deletes files another process is reading.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from studykit.utils.io import atomic_write_json, config_hash, file_lock, sha256_file
+from studykit.utils.io import (
+    atomic_write_json,
+    config_hash,
+    file_lock,
+    make_dirs,
+    remove_tree,
+    safe_torch_load,
+    sha256_file,
+)
 
 MANIFEST = "manifest.json"
 
@@ -51,6 +63,25 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return json.loads((Path(folder) / MANIFEST).read_text())
 
 
+def lock_file(folder: Path) -> Path:
+    """The lock shared by the builders and readers of a cache folder (beside it, so a rebuild keeps it)."""
+    folder = Path(folder)
+    return folder.parent / f".{folder.name}.lock"
+
+
+@contextmanager
+def reading(folder: Path):
+    """Hold the folder's lock shared while reading it: no rebuild can delete it meanwhile."""
+    with file_lock(lock_file(folder), shared=True):
+        yield
+
+
+def load_cached(folder: Path, name: str) -> Any:
+    """A `.pt` file of a cache folder, read under the folder's shared lock (weights_only)."""
+    with reading(folder):
+        return safe_torch_load(Path(folder) / name)
+
+
 def cached_build(
     root: str | Path,
     config: dict[str, Any],
@@ -65,8 +96,8 @@ def cached_build(
     """
     digest = config_hash(config)
     folder = Path(root) / digest[:12]
-    # processes started together (DDP ranks, sweep members) build a cache once
-    with file_lock(Path(root) / f".{digest[:12]}.lock"):
+    # processes started together (DDP ranks, sweep members) build a cache once; readers hold the lock shared
+    with file_lock(lock_file(folder)):
         return _build_unlocked(folder, digest, config, build, force)
 
 
@@ -76,8 +107,8 @@ def _build_unlocked(folder: Path, digest: str, config: dict[str, Any], build: Ca
         return CacheStatus(folder, True, "cache hit")
     reason = "forced rebuild" if force else problem
     if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+        remove_tree(folder)
+    make_dirs(folder)
     extra = build(folder) or {}
     files = {
         p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}

@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from studykit.data.cache import CacheStatus, cached_build
+from studykit.data.images import enhance_clahe, read_grey
 from studykit.data.paths import UnsafePathError, data_root, safe_join
 from studykit.utils.io import atomic_torch_save, atomic_write_json, code_fingerprint, sha256_file
 
@@ -101,17 +102,6 @@ def parse_annotation_csv(
                 continue
             out.records.append(Record(image_id, path, coords, categories.index(folder), f"{csv_path}:{line_no}"))
     return out
-
-
-def read_grey(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if image is None:
-        raise ValueError("unreadable or not an image")
-    return image
-
-
-def enhance_clahe(image: np.ndarray, clip_limit: float, tile_grid: int) -> np.ndarray:
-    return cv2.createCLAHE(clipLimit=float(clip_limit), tileGridSize=(int(tile_grid), int(tile_grid))).apply(image)
 
 
 def load_split(

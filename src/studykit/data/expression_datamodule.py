@@ -178,6 +178,7 @@ class ExpressionDataModule(CachedDataModule):
             fold = np.array([fold_of[s] for s in subjects])
             want = {"test": fold == self.test_fold, "val": fold == self.val_fold,
                     "train": (fold != self.test_fold) & (fold != self.val_fold)}
+        self.check_splits_hold_faces(want, labels)
         for name, mask in want.items():
             idx = np.flatnonzero(mask)
             self.splits[name] = {
@@ -188,6 +189,26 @@ class ExpressionDataModule(CachedDataModule):
                 "votes": st["votes"][[source_row[i] for i in idx]] if "votes" in st else None,
             }
         return self.splits[split]
+
+    def check_splits_hold_faces(self, want: dict[str, np.ndarray], labels: list[str]) -> None:
+        """Refuse, before any training, a split left empty (too few photos per class for a stratified split, a
+        fraction of 0, a fold without subjects), naming the split and the classes short of photos."""
+        empty = [name for name, mask in want.items() if not mask.any()]
+        if not empty:
+            return
+        counts = {c: labels.count(c) for c in sorted(set(labels))}
+        if self.split_by == "stratified":
+            zero = [f"data.{name}_fraction={fraction}" for name, fraction in (("val", self.val_fraction), ("test", self.test_fraction))
+                    if name in empty and fraction == 0]
+            short = {c: n for c, n in counts.items() if n < 3}
+            hint = ", ".join(zero) if zero else (
+                f"a stratified split gives a class validation and test faces only from 3 photos on; classes with fewer: {short}")
+        elif self.split_by == "subject":
+            hint = f"folds test_fold={self.test_fold} / val_fold={self.val_fold} of n_folds={self.n_folds} hold no subject"
+        else:
+            hint = "data.prepare.splits must name train, val and test folders that hold faces"
+        raise ValueError(f"{self.name}: split(s) {empty} hold no faces ({hint}); faces per class: {counts}. "
+                         "Add photos or change the split options before training.")
 
     def dataset(self, split: str, train: bool | None = None) -> FaceDataset:
         train = (split == "train") if train is None else train

@@ -19,7 +19,8 @@ import torch
 from tqdm import tqdm
 
 from studykit.data.cache import CacheStatus, cached_build
-from studykit.data.cxr_landmarks import Issue, read_grey
+from studykit.data.cxr_landmarks import Issue
+from studykit.data.images import read_grey
 from studykit.data.paths import UnsafePathError, data_root, safe_join
 from studykit.utils.io import atomic_torch_save, atomic_write_json, code_fingerprint, sha256_file
 

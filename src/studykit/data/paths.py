@@ -22,6 +22,16 @@ def safe_join(root: str | os.PathLike, *parts: str, source: str = "") -> Path:
     return path
 
 
+def relative_posix(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """`path` relative to `root` as a/b/c.png, also when one of them was reached through a symbolic link and the
+    other not (a data root that is a link to another disk, paths resolved by `safe_join`)."""
+    path, root = Path(path), Path(root)
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+
+
 def data_root(root: str | os.PathLike) -> Path:
     """An existing data root, declared read-only for this process (write helpers refuse paths inside it)."""
     from studykit.utils.io import protect

@@ -13,13 +13,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from studykit.data.base import fits_on_val
 from studykit.utils.io import csv_text
+from studykit.utils.trust import check_config
 
 
 def run_config(run_dir: Path) -> DictConfig:
+    """A run's saved config, checked before anything is built from it: a run folder may come from elsewhere,
+    and its config may name only trusted code (studykit.utils.trust)."""
     resolved = Path(run_dir) / "config_resolved.yaml"
     if not resolved.is_file():
         raise FileNotFoundError(f"{resolved} not found: {run_dir} is not a train.py output folder")
-    return OmegaConf.load(resolved)
+    cfg = OmegaConf.load(resolved)
+    check_config(cfg, str(resolved))
+    return cfg
 
 
 def best_checkpoint(run_dir: Path, cfg: DictConfig) -> Path:
@@ -49,7 +54,7 @@ def configuration_key(run_dir: Path) -> str:
     """What distinguishes a member apart from its seed: its Hydra overrides without seed and hydra.*."""
     overrides_file = Path(run_dir) / ".hydra" / "overrides.yaml"
     if overrides_file.is_file():
-        overrides = [o for o in OmegaConf.load(overrides_file) if not str(o).startswith(("seed=", "hydra.", "hydra/"))]
+        overrides = [o for o in OmegaConf.load(overrides_file) if not str(o).startswith(("seed=", "ckpt_path=", "hydra.", "hydra/"))]
         return " ".join(sorted(map(str, overrides))) or "default"
     name = str(run_config(run_dir).get("run_name", run_dir.name))
     return name.rsplit("-s", 1)[0]

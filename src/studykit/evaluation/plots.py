@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from studykit.utils.io import atomic_save_figure, atomic_write_image, make_dirs  # noqa: E402
+
 GREEN, RED = (0, 200, 0), (0, 0, 255)  # BGR
 
 
@@ -38,11 +40,11 @@ def image_name(category: str, image_id: str, error: float) -> str:
 def write_overlays(folder: Path, images: np.ndarray, targets: np.ndarray, preds: np.ndarray, categories: Sequence[str],
                    image_ids: Sequence[str], errors: np.ndarray) -> list[Path]:
     """One PNG per image, named {Category}_{ImageID}_error_{X.XX}px.png; coordinates in the images' pixels."""
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dirs(folder)
     paths = []
     for img, t, p, cat, iid, err in zip(images, targets, preds, categories, image_ids, errors):
         path = folder / image_name(cat, iid, float(err))
-        cv2.imwrite(str(path), overlay(img, t, p))
+        atomic_write_image(path, overlay(img, t, p))
         paths.append(path)
     return paths
 
@@ -50,7 +52,7 @@ def write_overlays(folder: Path, images: np.ndarray, targets: np.ndarray, preds:
 def summary_plots(folder: Path, point_errors: np.ndarray, categories: Sequence[str], images: np.ndarray,
                   targets: np.ndarray, preds: np.ndarray, image_ids: Sequence[str], title: str = "") -> dict[str, Path]:
     """Error per landmark, per category, the cumulative distribution, and the 10 worst images."""
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dirs(folder)
     per_image = point_errors.mean(1)
     out = {}
 
@@ -98,6 +100,6 @@ def gallery(n: int, cols: int, cell: tuple[float, float]):
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path

@@ -36,17 +36,34 @@ from studykit.evaluation.files import (  # noqa: F401  (re-exported: the run-fol
 from studykit.data.base import fits_on_val
 from studykit.evaluation.stats import mean_std, paired_test
 from studykit.tasks import Task, task_of
-from studykit.utils.io import atomic_write_json, atomic_write_text, safe_torch_load
+from studykit.utils import trust
+from studykit.utils.io import atomic_write_json, atomic_write_text, guard_outputs, make_dirs, safe_torch_load
 
 log = logging.getLogger(__name__)
 
 
+def without_pretrained(cfg: DictConfig) -> DictConfig:
+    """A copy of a run's config whose networks start with no pretrained weights: the checkpoint then sets every
+    tensor, so loading a trained run never reads the file, package or hub it was first initialised from (a
+    run transferred from another run keeps working when that run is moved; a hub run loads offline)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: ({"source": "none"} if k == "pretrained" and isinstance(v, dict) else strip(v)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    return OmegaConf.create(strip(plain))
+
+
 def load_trained_module(run_dir: Path, cfg: DictConfig, checkpoint: Path | None = None):
     """The run's LightningModule (laid out as its hardware config says) with the weights of `checkpoint`,
-    by default the one it tested (`best_checkpoint`); in eval mode."""
+    by default the one it tested (`best_checkpoint`); in eval mode. No pretrained source is read."""
     from studykit.training.run import build_module
 
-    module = build_module(cfg)
+    module = build_module(without_pretrained(cfg))
     module.load_state_dict(safe_torch_load(checkpoint or best_checkpoint(run_dir, cfg))["state_dict"])
     return module.eval()
 
@@ -96,7 +113,7 @@ def write_evaluation(out_dir: Path, task: Task, pred: torch.Tensor, run: LoadedR
                      extra: dict[str, Any], options: dict[str, Any] | None = None) -> dict[str, Any]:
     """test_report.json (with its primary metric) and the task's files for `pred` on the run's test split."""
     report = {**extra, "split": run.split, "primary_metric": task.primary_metric, **task.metrics(pred, run)}
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(out_dir)
     atomic_write_json(out_dir / "test_report.json", report)
     task.write(out_dir, pred, run, report, title, visualize, options or {})
     log.info("%s: %s", title, task.summary_line(report))
@@ -202,7 +219,7 @@ def summarize_sweep(folder: Path, out_dir: Path | None = None) -> dict[str, Any]
         a, b = rows[0]["configuration"], rows[1]["configuration"]
         result["paired_test_best_two"] = paired_test(per_sample[a], per_sample[b], (a, b))
     out_dir = Path(out_dir or Path(folder) / "summary")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(out_dir)
     atomic_write_json(out_dir / "sweep_summary.json", result)
     metrics = [k for k in rows[0] if k not in ("configuration", "seeds")]
     buf = io.StringIO()
@@ -242,6 +259,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if len(modes) != 1:
         raise ValueError("give exactly one of run_dir=..., ensemble=..., sweep=..., compare=[a,b]")
     out = Path(cfg.output_dir) if cfg.get("output_dir") else None
+    trust.allow(cfg.get("trusted_targets"))
+    folder = cfg.get(modes[0]) if modes[0] != "compare" else cfg.compare[0]
+    guard_outputs(cfg.paths.get("data_root"), out or Path(folder))
     options = {"samples": list(cfg.samples) if cfg.get("samples") else None}
     split = cfg.get("split") or "test"
     if modes[0] == "run_dir":

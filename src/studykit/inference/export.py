@@ -8,6 +8,7 @@ The batch dimension is dynamic. Opset 18 (the lowest torch's exporter implements
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from studykit.evaluation.runner import run_config
-from studykit.utils.io import atomic_write_json
+from studykit.utils.io import atomic_write_json, check_writable, file_mode, guard_outputs, make_dirs
 
 OPSET = 18
 OUTPUTS = {
@@ -57,18 +58,23 @@ def export_net(net: torch.nn.Module, in_chans: int, size: int, path: Path, opset
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.onnx.export(net.eval(), (example,), dynamo=True, input_names=["image"], output_names=["output"],
                                 dynamic_shapes={"x": {0: batch}}, opset_version=opset, verbose=False)
-    tmp = Path(path).with_suffix(".onnx.tmp")
+    tmp = check_writable(Path(path).with_suffix(".onnx.tmp"))
     program.save(str(tmp))
+    os.chmod(tmp, file_mode())
     tmp.replace(path)  # atomic: a killed export leaves no half-written model
     return Path(path)
 
 
-def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, opset: int = OPSET) -> dict[str, Any]:
-    """Write model.onnx and preprocessing.json for the run's best checkpoint; returns the constants."""
+def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, opset: int = OPSET,
+                data_root: str | Path | None = None) -> dict[str, Any]:
+    """Write model.onnx and preprocessing.json for the run's best checkpoint; returns the constants. Nothing
+    is written inside `data_root` (read-only)."""
     from studykit.evaluation.runner import load_trained_module
     from studykit.tasks import task_of
 
     run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir else run_dir / "export"
+    guard_outputs(data_root, out)
     cfg = run_config(run_dir)
     task = task_of(cfg).name
     module = load_trained_module(run_dir, cfg)
@@ -76,8 +82,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, opset: i
     net = module.net.eval()
     in_chans = int(OmegaConf.select(cfg, "task.module.in_chans", default=3) or 3)
     size = int(cfg.data.input_size)
-    out = Path(out_dir) if out_dir else run_dir / "export"
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     export_net(net, in_chans, size, out / "model.onnx", opset)
     constants = preprocessing_constants(cfg, task, in_chans)
     constants.update({"opset": opset, "run_dir": str(run_dir), "onnx": "model.onnx"})

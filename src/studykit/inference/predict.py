@@ -8,7 +8,9 @@ Unreadable files and images without a face are rows with a status and a reason, 
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -18,12 +20,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from studykit.data.cxr_landmarks import enhance_clahe, read_grey
+from studykit.data.images import enhance_clahe, read_grey
+from studykit.data.paths import relative_posix
 from studykit.evaluation import landmarks as lm
 from studykit.evaluation.runner import load_trained_module, run_config, sweep_members
 from studykit.tasks import task_of
 from studykit.training.run import normalization
-from studykit.utils.io import atomic_write_json, atomic_write_text, csv_text
+from studykit.utils import trust
+from studykit.utils.io import atomic_write_image, atomic_write_json, atomic_write_text, csv_text, guard_outputs, make_dirs, protect
 
 log = logging.getLogger(__name__)
 OK = "ok"
@@ -108,7 +112,8 @@ def read_xrays(files: Sequence[Path], prepare: dict[str, Any]) -> tuple[list[dic
     return rows, tensors
 
 
-def predict_landmarks(cfg: DictConfig, run_cfg: DictConfig, nets: list[Net], files: list[Path], out: Path) -> dict[str, Any]:
+def predict_landmarks(cfg: DictConfig, run_cfg: DictConfig, nets: list[Net], files: list[Path], out: Path,
+                      input_root: Path) -> dict[str, Any]:
     from studykit.data.landmark_datamodule import LandmarkDataset
 
     data = OmegaConf.to_container(run_cfg.data, resolve=True)
@@ -132,21 +137,22 @@ def predict_landmarks(cfg: DictConfig, run_cfg: DictConfig, nets: list[Net], fil
         lines.append([row["file"], row["width"], row["height"], *coords, row["status"], row["reason"]])
         if row["status"] == OK:
             if cfg.get("visualize"):
-                write_landmark_overlay(out / "overlays", Path(row["file"]), pred[j].numpy())
+                write_landmark_overlay(out / "overlays", Path(row["file"]), input_root, pred[j].numpy())
             j += 1
     atomic_write_text(out / "predictions.csv", csv_text(header, lines))
     return {"task": "landmarks", "images": len(rows), "predicted": n, "predictions": pred}
 
 
-def write_landmark_overlay(folder: Path, path: Path, points: np.ndarray) -> Path:
+def write_landmark_overlay(folder: Path, path: Path, input_root: Path, points: np.ndarray) -> Path:
+    """<folder>/<the image's path under the input>_landmarks.png: subfolders kept and the suffix kept in the
+    name, so a.png and a.jpg, or two a.png of different subfolders, get overlays of their own."""
     from studykit.evaluation.plots import overlay
 
-    folder.mkdir(parents=True, exist_ok=True)
     image = read_grey(path)
     scale = min(2.0, 800 / max(image.shape))  # large X-rays drawn at most 800 px wide
-    target = folder / f"{path.stem}_landmarks.png"
-    cv2.imwrite(str(target), overlay(image, None, points, scale=scale))
-    return target
+    relative = Path(relative_posix(path, input_root)) if path != input_root else Path(path.name)
+    target = folder / relative.parent / f"{relative.name}_landmarks.png"
+    return atomic_write_image(target, overlay(image, None, points, scale=scale))
 
 
 # ---- classification and distributions ---------------------------------------------------------------
@@ -171,8 +177,10 @@ def face_rows(inputs: Path, prepare: dict[str, Any], cache_dir: Path) -> dict[st
     a rerun on the same input only loads."""
     from studykit.preprocessing.run import preprocess_faces
 
-    root, pattern = (inputs.parent, inputs.name) if inputs.is_file() else (inputs, "**/*")
-    state, _ = preprocess_faces(root, cache_dir, {**prepare, "labels_from": None, "pattern": pattern, "limit": None})
+    # a file is that file, never a pattern (`face[1].jpg`); a folder is every file under it
+    listing = {"files": [str(inputs)]} if inputs.is_file() else {"pattern": "**/*"}
+    root = inputs.parent if inputs.is_file() else inputs
+    state, _ = preprocess_faces(root, cache_dir, {**prepare, "labels_from": None, "limit": None, **listing})
     return state
 
 
@@ -232,24 +240,36 @@ def predict_distribution(cfg: DictConfig, run_cfg: DictConfig, nets: list[Net], 
 
 
 # ---- entry ----------------------------------------------------------------------------------------------
+def default_predict_dir(base: Path, inputs: Path) -> Path:
+    """<run or ensemble>/predictions/<input name>-<8 hex of its absolute path>: two inputs of the same name in
+    different folders never share (and overwrite) a predictions folder."""
+    digest = hashlib.sha256(os.fsencode(inputs.resolve())).hexdigest()[:8]
+    return base / "predictions" / f"{inputs.name}-{digest}"
+
+
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Predict on cfg.input with the run (run_dir) or ensemble; writes predictions.csv (and overlays) to
-    predict_dir, default <run or ensemble folder>/predictions/<input name>."""
+    predict_dir, default `default_predict_dir`. The input and the data root are read-only: no output may lie
+    inside them."""
     if not cfg.get("input"):
         raise ValueError("input=<image file or folder> is required")
-    files = list_inputs(cfg.input)
+    inputs = Path(cfg.input).expanduser()
+    files = list_inputs(inputs)
+    trust.allow(cfg.get("trusted_targets"))
     run_cfg, nets, runs = load_members(cfg)
     base = Path(cfg.run_dir or cfg.ensemble)
-    out = Path(cfg.predict_dir) if cfg.get("predict_dir") else base / "predictions" / Path(cfg.input).name
-    inputs = Path(cfg.input).expanduser().resolve()
-    if out.resolve() == inputs or inputs in out.resolve().parents:
-        raise ValueError(f"predict_dir {out} lies inside the input {inputs}: the input is read-only")
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(cfg.predict_dir) if cfg.get("predict_dir") else default_predict_dir(base, inputs)
+    input_root = inputs if inputs.is_dir() else inputs.parent
+    if out.resolve() == input_root.resolve() or input_root.resolve() in out.resolve().parents:
+        raise ValueError(f"predict_dir {out} lies inside the input folder {input_root}: the input is read-only")
+    protect(input_root)
+    cache = Path(cfg.paths.cache_dir) / "predict" / str(run_cfg.data.name)
+    guard_outputs(cfg.paths.get("data_root"), out, cache)
+    make_dirs(out)
     task = task_of(run_cfg).name
     if task == "landmarks":
-        result = predict_landmarks(cfg, run_cfg, nets, files, out)
+        result = predict_landmarks(cfg, run_cfg, nets, files, out, input_root)
     elif task == "classification":
-        cache = Path(cfg.paths.cache_dir) / "predict" / str(run_cfg.data.name)
         result = predict_faces(cfg, run_cfg, nets, out, cache)
     else:
         result = predict_distribution(cfg, run_cfg, nets, files, out)

@@ -18,9 +18,10 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
+from studykit.data.images import DEFAULT_MAX_PIXELS, read_rgb
 from studykit.preprocessing.pipeline import StageSpec
 from studykit.utils.io import atomic_write_text
 
@@ -28,35 +29,39 @@ log = logging.getLogger(__name__)
 OK = "ok"
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """Any PIL-readable image (grey, palette TIFF, RGB) as uint8 RGB (H, W, 3); errors name the file."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ValueError(f"{path}: unreadable image ({err})") from err
-
-
 def ok_indices(state: dict[str, Any]) -> list[int]:
     return [i for i, s in enumerate(state["status"]) if s == OK]
 
 
 # ---- 1. raw tensors --------------------------------------------------------------------------------------
+def channel_sums(img: np.ndarray, rows_per_chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel sums of pixel / 255 and of its square, in float64 over chunks of rows: a large photo is
+    never copied whole as floats (8 bytes a value)."""
+    total, total_sq = np.zeros(3), np.zeros(3)
+    for start in range(0, img.shape[0], rows_per_chunk):
+        pixels = img[start:start + rows_per_chunk].reshape(-1, 3).astype(np.float64) / 255.0
+        total += pixels.sum(0)
+        total_sq += (pixels**2).sum(0)
+    return total, total_sq
+
+
 def raw_tensors(state: dict[str, Any], params: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Every photo as uint8 RGB, upright by its EXIF orientation. A file that cannot be read, or that has
+    more than `max_pixels` pixels (default studykit.data.images.DEFAULT_MAX_PIXELS), is an `unreadable` row
+    whose reason says why; the others go on."""
+    max_pixels = params.get("max_pixels", DEFAULT_MAX_PIXELS)
     images, status, reason, sizes = [], [], [], []
     # per-channel statistics accumulated in float64 sums: a large data set never sits in memory as floats
     total, total_sq, count = np.zeros(3), np.zeros(3), 0
     for path in tqdm(state["paths"], desc="raw tensors", leave=False):
         try:
-            img = read_rgb(Path(path))
+            img = read_rgb(Path(path), max_pixels)
             images.append(torch.from_numpy(img.copy()).permute(2, 0, 1))
             status.append(OK), reason.append(""), sizes.append(img.shape[:2])
-            pixels = img.reshape(-1, 3).astype(np.float64) / 255.0
-            total += pixels.sum(0)
-            total_sq += (pixels**2).sum(0)
-            count += pixels.shape[0]
+            sums, sums_sq = channel_sums(img)
+            total += sums
+            total_sq += sums_sq
+            count += img.shape[0] * img.shape[1]
         except (FileNotFoundError, ValueError) as err:
             images.append(torch.zeros(3, 1, 1, dtype=torch.uint8))
             status.append("unreadable"), reason.append(str(err)), sizes.append((0, 0))

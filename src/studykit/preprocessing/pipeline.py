@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from studykit.data.cache import cached_build
-from studykit.utils.io import atomic_torch_save, code_fingerprint, config_hash, safe_torch_load
+from studykit.data.cache import cached_build, load_cached
+from studykit.utils.io import atomic_torch_save, code_fingerprint, config_hash
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def run_pipeline(stages: list[Stage], cache_root: str | Path, source: dict[str, 
             return {"stage": stage.name}
 
         status = cached_build(Path(cache_root) / stage.name, key, build)
-        outputs = safe_torch_load(status.path / stage.filename)
+        outputs = load_cached(status.path, stage.filename)
         state.update(outputs)
         upstream = config_hash(key)
         n = len(outputs.get("paths", state.get("paths", [])))

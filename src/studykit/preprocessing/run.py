@@ -12,10 +12,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from studykit.data.paths import relative_posix
 from studykit.data.ferplus import RAW_CLASSES, majority_labels, parse_label_csv, resolve_classes, split_folders, votes_to_distribution
 from studykit.preprocessing.faces import STAGE_ALIASES, STAGES
 from studykit.preprocessing.pipeline import Stage, StageResult, run_pipeline
-from studykit.utils.io import atomic_write_json, protect, sha256_file
+from studykit.utils.io import atomic_write_json, make_dirs, protect, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +29,19 @@ def jaffe_label(path: Path) -> tuple[str, str]:
     return parts[0], parts[1][:2]
 
 
-def list_images(root: Path, pattern: str, limit: int | None = None) -> list[Path]:
-    files = sorted(p for p in root.glob(pattern) if p.is_file())
-    if not files:
+def list_images(root: Path, pattern: str, limit: int | None = None, files: list[str] | None = None) -> list[Path]:
+    """The files matching `pattern` under `root`, sorted; or, with `files`, exactly those files (names are
+    names, never patterns: `face[1].jpg` is that file)."""
+    if files:
+        found = [Path(f) for f in files]
+        missing = [str(f) for f in found if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"input files not found: {missing}")
+        return found[:limit] if limit else found
+    found = sorted(p for p in root.glob(pattern) if p.is_file())
+    if not found:
         raise FileNotFoundError(f"no images matching {pattern!r} in {root}")
-    return files[:limit] if limit else files
+    return found[:limit] if limit else found
 
 
 @dataclass
@@ -49,7 +58,7 @@ class Source:
 
 
 def glob_source(root: Path, prepare: dict[str, Any]) -> Source:
-    files = list_images(root, prepare.get("pattern", "*"), prepare.get("limit"))
+    files = list_images(root, prepare.get("pattern", "*"), prepare.get("limit"), prepare.get("files"))
     return Source(files, [""] * len(files), [""] * len(files), [""] * len(files))
 
 
@@ -75,7 +84,7 @@ def ferplus_source(root: Path, prepare: dict[str, Any]) -> Source:
         dist, _ = votes_to_distribution(votes, [raw.index(c) for c in classes])
         kept = 0
         for path, label, reason, row_votes in zip(paths, labels, reasons, dist):
-            rel_path = path.relative_to(root).as_posix()
+            rel_path = relative_posix(path, root)
             if not reason and any(rel_path == e or rel_path.endswith("/" + e) for e in exclude):
                 reason = "listed in data.prepare.exclude"
             if not reason and not path.is_file():
@@ -113,7 +122,7 @@ def folder_source(root: Path, prepare: dict[str, Any]) -> Source:
             src.excluded.append({"path": label + "/", "split": "", "reason": "empty class folder" if folder.is_dir() else "class folder missing"})
             continue
         for path in files[: prepare.get("limit")]:
-            rel = path.relative_to(root).as_posix()
+            rel = relative_posix(path, root)
             if path.name in seen:  # image ids are file names: a second file of that name would be ambiguous
                 src.excluded.append({"path": rel, "split": "", "reason": f"duplicate file name (also {seen[path.name]})"})
                 continue
@@ -173,13 +182,13 @@ def preprocess_faces(root: str | Path, cache_dir: str | Path, prepare: dict[str,
     if lister not in SOURCES:
         raise ValueError(f"data.prepare.labels_from={lister!r} unknown; choose one of {[k for k in SOURCES if k]}")
     stages = build_stages(prepare["pipeline"])
+    make_dirs(cache_dir)  # refused inside the data root
     src = SOURCES[lister](root, prepare)
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
     write_source_report(Path(cache_dir), src)
     state = {"paths": [str(p) for p in src.paths], "subjects": src.subjects, "labels": src.labels, "splits": src.splits}
     if src.votes:  # read afresh from the vote table each time: no stage uses them, so they key no cache
         state["votes"] = torch.from_numpy(np.stack(src.votes))
-    source = {"files": [(p.relative_to(root).as_posix(), sha256_file(p)) for p in src.paths], "labels": src.labels,
+    source = {"files": [(relative_posix(p, root), sha256_file(p)) for p in src.paths], "labels": src.labels,
               "subjects": src.subjects, "splits": src.splits}
     return run_pipeline(stages, cache_dir, source, state)
 

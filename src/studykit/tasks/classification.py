@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from studykit.evaluation.files import per_sample_csv, probability_predictions_csv  # noqa: E402
 from studykit.metrics.classification import classification_markdown, classification_report  # noqa: E402
 from studykit.tasks.base import Task, TestRun, register_task  # noqa: E402
-from studykit.utils.io import atomic_write_text  # noqa: E402
+from studykit.utils.io import atomic_save_figure, atomic_write_text  # noqa: E402
 
 
 @torch.no_grad()
@@ -42,7 +42,7 @@ def confusion_png(path: Path, matrix: np.ndarray, classes: list[str]) -> Path:
     for (i, j), v in np.ndenumerate(matrix):
         ax.text(j, i, str(v), ha="center", va="center", color="white" if v > matrix.max() / 2 else "black", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -57,7 +57,7 @@ def per_class_png(path: Path, per_class: dict[str, dict[str, float]]) -> Path:
     ax.set(ylim=(0, 1), title="Per-class precision, recall and F1")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 

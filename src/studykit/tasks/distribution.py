@@ -19,7 +19,7 @@ from studykit.evaluation.plots import gallery  # noqa: E402
 from studykit.metrics.distribution import DistributionMetrics, distribution_markdown  # noqa: E402
 from studykit.tasks.base import Task, TestRun, register_task  # noqa: E402
 from studykit.tasks.classification import predict_probs  # noqa: E402
-from studykit.utils.io import atomic_write_text  # noqa: E402
+from studykit.utils.io import atomic_save_figure, atomic_write_text  # noqa: E402
 
 
 @torch.no_grad()
@@ -43,7 +43,7 @@ def distribution_bars(path: Path, images: np.ndarray, pred: np.ndarray, target: 
         axes[row, 1].set_ylim(0, 1)
     axes[0, 1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -58,7 +58,7 @@ def worst_gallery(path: Path, images: np.ndarray, kl: np.ndarray, pred: np.ndarr
                      f"pred {classes[pred[i].argmax()]}", fontsize=7)
     fig.suptitle(f"{len(worst)} worst predictions by KL(votes || prediction)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -76,7 +76,7 @@ def tsne_map(path: Path, embeddings: np.ndarray, majority: np.ndarray, classes: 
     ax.legend(fontsize=7, markerscale=2)
     ax.set_title("t-SNE of the learned embeddings, coloured by majority vote")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 

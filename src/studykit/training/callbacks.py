@@ -4,12 +4,58 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from studykit.utils.io import atomic_write_text
+from studykit.utils.io import atomic_torch_save, atomic_write_text
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temp file beside their target, fsynced, then renamed over it - never through
+    the system temp folder, whose final move is a copy when it lies on another filesystem (a kill mid-copy
+    would leave a truncated last.ckpt). Files named in `keep_previous` (the resume points) keep the copy they
+    replace as `<name>.prev`, which a resume falls back to when the newest one is damaged. Writes into a
+    read-only data root are refused (studykit.utils.io.check_writable)."""
+
+    def __init__(self, keep_previous: tuple[str, ...] = ("last.ckpt",)):
+        super().__init__()
+        self.keep_previous = tuple(keep_previous)
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        atomic_torch_save(checkpoint, path, keep_previous=Path(path).name in self.keep_previous)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint that also resumes in a run folder that was moved or copied since: the saved
+    best score, best file and top-k files are mapped from the folder they were saved in to this one (Lightning
+    itself keeps only `best_model_path` then, still pointing into the old folder)."""
+
+    @property
+    def state_key(self) -> str:
+        # the same key as ModelCheckpoint's, so checkpoints of either class resume with the other
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved_in = state_dict.get("dirpath")
+        if saved_in and self.dirpath and os.path.abspath(saved_in) != os.path.abspath(self.dirpath):
+            def moved(path: Any) -> Any:
+                if not path or os.path.dirname(os.path.abspath(path)) != os.path.abspath(saved_in):
+                    return path
+                return os.path.join(self.dirpath, os.path.basename(path))
+
+            state_dict = {**state_dict, "dirpath": self.dirpath,
+                          **{key: moved(state_dict.get(key)) for key in ("best_model_path", "kth_best_model_path", "last_model_path")
+                             if key in state_dict},
+                          "best_k_models": {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()}}
+        super().load_state_dict(state_dict)
 
 
 class LossHistory(L.Callback):

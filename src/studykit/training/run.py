@@ -14,13 +14,20 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from studykit.config import check_pairing
+from studykit.config import check_pairing, resumed_run_dir
 from studykit.data.base import fits_on_val
 from studykit.tasks import task_of
-from studykit.training.callbacks import LossHistory, stage_seconds
-from studykit.utils.io import atomic_write_json, atomic_write_text, safe_torch_load
+from studykit.training.callbacks import AtomicCheckpointIO, LossHistory, stage_seconds
+from studykit.utils.io import (
+    TruncatedFileError,
+    atomic_write_json,
+    atomic_write_text,
+    guard_outputs,
+    previous_copy,
+    safe_torch_load,
+)
 from studykit.utils.run_info import save_run_info
 
 log = logging.getLogger(__name__)
@@ -143,6 +150,7 @@ def build_trainer(cfg: DictConfig, stage: str, stage_cfg: dict[str, Any], run_di
         callbacks=callbacks,
         logger=build_loggers(cfg, stage) or False,
         default_root_dir=str(run_dir),
+        plugins=[AtomicCheckpointIO()],
         **trainer_kwargs,
     )
     return trainer, checkpoint
@@ -168,10 +176,47 @@ def peak_memory_mb() -> dict[str, float]:
     return out
 
 
+def resume_point(ckpt_path: str | Path) -> Path:
+    """The checkpoint to resume from: `ckpt_path`, checked to load safely (a crafted file is refused, with its
+    name); where it is truncated or missing, the copy it replaced (`last.ckpt.prev`), with a warning."""
+    path = Path(ckpt_path)
+    try:
+        safe_torch_load(path)
+        return path
+    except (TruncatedFileError, FileNotFoundError) as err:
+        previous = previous_copy(path)
+        if not previous.is_file():
+            raise
+        safe_torch_load(previous)
+        log.warning("%s; resuming from the checkpoint it replaced, %s (one epoch earlier)", err, previous)
+        return previous
+
+
+def continue_run_folder(cfg: DictConfig) -> Path:
+    """The folder this run writes to. A resume (ckpt_path) continues the run folder of its checkpoint, whatever
+    folder the command line would have made: its best checkpoint and score, history and logs live there, and
+    `evaluate.py run_dir=<that folder>` then tests the truly best weights."""
+    run_dir = Path(cfg.paths.output_dir)
+    if cfg.get("ckpt_path"):
+        origin = Path(resumed_run_dir(str(cfg.ckpt_path), str(run_dir)))
+        if origin.resolve() != run_dir.resolve():
+            log.info("resume: continuing the run folder %s of ckpt_path (not %s)", origin, run_dir)
+            with open_dict(cfg):
+                cfg.paths.output_dir = str(origin)
+            run_dir = origin
+    return run_dir
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run every stage of the phase plan, then test the best weights; returns the run summary."""
     check_pairing(cfg)
-    run_dir = Path(cfg.paths.output_dir)
+    plan = stage_plan(cfg)
+    resume_stage = Path(cfg.ckpt_path).parent.name if cfg.get("ckpt_path") else None
+    if resume_stage is not None and resume_stage not in dict(plan):
+        raise ValueError(f"ckpt_path {cfg.ckpt_path}: its folder {resume_stage!r} is not a stage of this phase plan {[s for s, _ in plan]}")
+    resume_from = resume_point(cfg.ckpt_path) if resume_stage is not None else None  # checked before anything is written
+    run_dir = continue_run_folder(cfg)
+    guard_outputs(cfg.paths.get("data_root"), run_dir, cfg.paths.get("cache_dir"))
     L.seed_everything(int(cfg.seed), workers=True)
     if cfg.hardware.get("num_threads"):
         torch.set_num_threads(int(cfg.hardware.num_threads))
@@ -184,16 +229,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         save_run_info(run_dir, cfg, {"data_manifest_hash": manifest["config_hash"], "data_cache": str(datamodule.cache_folder)})
     module = build_module(cfg)
 
-    plan = stage_plan(cfg)
     refit = fits_on_val(cfg)
     if refit:
         log.info("data.fit_splits=%s: the validation split is trained on, so nothing is validated and each stage "
                  "keeps its last epoch", list(cfg.data.fit_splits))
-    resume_stage = Path(cfg.ckpt_path).parent.name if cfg.get("ckpt_path") else None
-    if resume_stage is not None and resume_stage not in dict(plan):
-        raise ValueError(f"ckpt_path {cfg.ckpt_path}: its folder {resume_stage!r} is not a stage of this phase plan {[s for s, _ in plan]}")
-    if resume_stage is not None:
-        safe_torch_load(cfg.ckpt_path)  # refuse a checkpoint that would run code, with the file named
 
     summary: dict[str, Any] = {"run_name": cfg.run_name, "seed": int(cfg.seed), "stages": {}}
     best_path: str | None = None
@@ -203,7 +242,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if skipping and stage != resume_stage:
             log.info("resume: skipping finished stage %s", stage)
             continue
-        ckpt_path = cfg.ckpt_path if skipping else None
+        ckpt_path = str(resume_from) if skipping else None
         skipping = False
         if best_path and ckpt_path is None:
             load_weights(module, best_path)  # phase k starts from phase k-1's best weights
