@@ -3,20 +3,26 @@ PY ?= .venv/bin/python
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test prepare preprocess train evaluate predict export sweep sweep-ensemble bench bench-quick bench-best bench-overhead bench-speed bench-inference bench-face-landmarks clean
+.PHONY: help setup test lint constraints prepare preprocess train evaluate predict export sweep sweep-ensemble bench bench-quick bench-best bench-overhead bench-speed bench-inference bench-face-landmarks clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
 
-setup: ## create .venv and install the project with its test tools
+setup: ## create .venv and install the project with its test tools, at the versions of constraints.txt
 	python3 -m venv .venv
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -c constraints.txt -e ".[dev]"
 	# facenet-pytorch 2.6.0 pins torch<2.3, numpy<2 and an old Pillow; it runs fine beside the pinned-up stack
-	$(PY) -m pip install --no-deps "facenet-pytorch==2.6.0"
+	$(PY) -m pip install -c constraints.txt --no-deps "facenet-pytorch==2.6.0"
 
-test: ## run the test suite (tiny real subsets of ../shared/data)
-	$(PY) -m pytest -q
+test: ## run the test suite (tiny real subsets of ../shared/data); the slowest tests are listed at the end
+	$(PY) -m pytest -q --durations=15
+
+lint: ## ruff on the whole tree (configured in pyproject.toml)
+	$(PY) -m ruff check .
+
+constraints: ## rewrite constraints.txt from .venv (after a green make test)
+	{ head -2 constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v -i "^studykit"; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 prepare: ## build the cached tensors of a data set (ARGS="data=cxr_landmarks")
 	$(PY) prepare.py $(ARGS)

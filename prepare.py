@@ -7,7 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 import studykit.config  # noqa: F401  (registers config resolvers)
-from studykit.training.run import build_datamodule
+from studykit.builders import build_datamodule
 from studykit.utils.io import guard_outputs
 
 log = logging.getLogger("prepare")

@@ -7,7 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 import studykit.config  # noqa: F401  (registers config resolvers)
-from studykit.preprocessing.run import preprocess
+from studykit.data.face_sources import preprocess
 
 log = logging.getLogger("preprocess")
 

@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 
 from common import ROOT, machine, save_results, script_provenance
-
 from studykit.losses import WingLoss
 from studykit.models.landmark_module import LandmarkRegressor
 

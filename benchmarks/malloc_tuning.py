@@ -30,7 +30,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from common import ROOT, RUNS, landmark_network, machine, run_train, save_results, script_provenance
-
 from studykit.utils.allocator import REEXECUTED, SWITCH, TUNABLES, tuned_environment
 
 RESULTS = ROOT / "benchmarks" / "results" / "malloc_tuning.json"

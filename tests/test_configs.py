@@ -9,8 +9,9 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from studykit.builders import build_datamodule, build_module
 from studykit.config import PairingError, check_pairing, loss_tasks
-from studykit.training.run import build_datamodule, build_module, train
+from studykit.training.run import train
 from tests.conftest import CONF, ROOT, compose_cfg
 
 GROUPS = ["data", "task", "model", "loss", "phase", "hardware", "logger", "callbacks", "trainer", "paths", "experiment", "hparams_search"]

@@ -8,9 +8,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from studykit.builders import build_datamodule, build_module
 from studykit.evaluation.runner import LoadedRun, read_landmark_predictions
 from studykit.models.base import warmup_cosine_factor
-from studykit.training.run import build_datamodule, build_module, train
+from studykit.training.run import train
 
 SHORT = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0"]
 FAST = ["model=resnet18", "phase=finetune", "phase.stages.finetune.epochs=1", *SHORT]
@@ -31,8 +32,13 @@ def test_cpu_hardware_lays_weights_and_batches_out_channels_last(make_cfg):
     module = build_module(cfg, build_datamodule(cfg))
     weights = conv_weights(module)
     assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights if w.shape[-1] > 1)
-    batch = module.on_after_batch_transfer({"image": torch.randn(2, 3, 8, 8), "index": torch.arange(2)}, 0)
-    assert batch["image"].is_contiguous(memory_format=torch.channels_last)
+    # every input batch, from Lightning or from the evaluation code, reaches the network in that layout
+    seen = []
+    handle = module.net.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    with torch.no_grad():
+        module.eval()(torch.randn(2, 3, 64, 64))
+    handle.remove()
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)
     nchw = build_module(*with_data(make_cfg([*FAST, "hardware.channels_last=false"])))
     assert not nchw.channels_last and conv_weights(nchw)[0].is_contiguous()
     # the layout changes speed, not values

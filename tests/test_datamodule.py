@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
+from studykit.builders import build_datamodule
 from studykit.data.landmark_datamodule import LandmarkDataset, flip_permutation
-from studykit.training.run import build_datamodule
 
 PAIRS = [(3, 4), (5, 6), (7, 8), (12, 13), (14, 15)]
 

@@ -9,11 +9,12 @@ import pytest
 import torch
 from scipy import special, stats
 
+from studykit.builders import build_datamodule
 from studykit.data.ferplus import RAW_CLASSES, prepare_ferplus, votes_to_distribution
 from studykit.evaluation.runner import summarize_sweep
 from studykit.losses import CombinedLoss, KLDivergenceLoss, L1Loss, MSELoss
 from studykit.metrics.distribution import DistributionMetrics, per_sample_scores
-from studykit.training.run import build_datamodule, train
+from studykit.training.run import train
 from studykit.utils.io import safe_torch_load
 from tests.conftest import DATA_ROOT, compose_cfg
 
@@ -80,7 +81,8 @@ def test_losses_against_scipy_and_hand_values():
     with pytest.raises(ValueError, match="needs logits"):
         KLDivergenceLoss(input="values")
     combo = CombinedLoss({"kl": {"loss": KLDivergenceLoss(), "weight": 1.0}, "l1": {"loss": L1Loss(input="logits"), "weight": 0.5}})
-    assert combo(logits, target).item() == pytest.approx(KLDivergenceLoss()(logits, target).item() + 0.5 * L1Loss(input="logits")(logits, target).item(), rel=1e-6)
+    expected = KLDivergenceLoss()(logits, target).item() + 0.5 * L1Loss(input="logits")(logits, target).item()
+    assert combo(logits, target).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_metrics_against_scipy():
@@ -117,7 +119,7 @@ def test_thirteen_class_vote_table_needs_no_code_change(tmp_path, shared_cache):
     root = tmp_path / "votes13"
     names = [f"class{i}" for i in range(13)]
     rng = np.random.default_rng(0)
-    for split, src in SPLITS.items():
+    for src in SPLITS.values():
         folder = root / src
         folder.mkdir(parents=True)
         lines = []

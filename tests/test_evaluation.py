@@ -83,7 +83,9 @@ def test_shift_and_flip_tta_map_every_view_back():
     # a model that sees 8-pixel cells: its rounding depends on where the grid falls, and the shifted views
     # average part of it away (x 13 -> cell centre 11.5 plain, 13.1 over the five shifts)
     coarse = BrightestCell(cell=8)
-    error = lambda pred: (pred - truth).norm(dim=-1).mean().item()
+    def error(pred):
+        return (pred - truth).norm(dim=-1).mean().item()
+
     assert error(lm.predict(coarse, batches, shift_px=4)) < error(lm.predict(coarse, batches))
 
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from studykit.builders import build_datamodule
 from studykit.data.expression_datamodule import subject_folds
 from studykit.models.backbones import WeightsError, create_backbone
-from studykit.training.run import build_datamodule
 from tests.conftest import compose_cfg, train_and_evaluate
 
 TINY_JAFFE = ["experiment=jaffe_expression", "data.prepare.limit=60", "data.n_folds=3",
@@ -28,7 +28,8 @@ def test_rgb_weights_adapted_to_four_channels():
     four = create_backbone("tf_efficientnet_lite0", LITE0, in_chans=4)
     w = four.state_dict()["conv_stem.weight"]
     assert w.shape[1] == 4 and torch.allclose(w[:, :3], rgb * 3 / 4) and torch.allclose(w[:, 3], rgb[:, 0] * 3 / 4)
-    assert torch.equal(four.state_dict()["blocks.0.0.conv_dw.weight"], create_backbone("tf_efficientnet_lite0", LITE0).state_dict()["blocks.0.0.conv_dw.weight"])
+    rgb_model = create_backbone("tf_efficientnet_lite0", LITE0)
+    assert torch.equal(four.state_dict()["blocks.0.0.conv_dw.weight"], rgb_model.state_dict()["blocks.0.0.conv_dw.weight"])
     assert four(torch.randn(1, 4, 64, 64)).shape == (1, 1280)
 
 

@@ -12,20 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
+from studykit.data.face_sources import jaffe_label, preprocess
+from studykit.data.images import read_rgb
 from studykit.preprocessing import faces
-from studykit.preprocessing.faces import (
-    crop_box,
-    dlib_detect,
-    dlib_points,
-    landmark_heatmap,
-    map_points,
-    predictor_box,
-    predictor_path,
-    read_rgb,
-)
-from studykit.preprocessing.pipeline import StageSpec
+from studykit.preprocessing.dlib68 import dlib_detect, dlib_points, predictor_box, predictor_path
+from studykit.preprocessing.geometry import crop_box, landmark_heatmap, map_points
+from studykit.preprocessing.pipeline import Stage
 from studykit.utils.io import code_fingerprint
-from studykit.preprocessing.run import jaffe_label, preprocess
 from tests.conftest import DATA_ROOT, compose_cfg
 
 JAFFE = DATA_ROOT / "jaffe" / "jaffe_db"
@@ -180,7 +173,7 @@ def stage(state, params, folder):
     assert fingerprint(source, "stage_v1b") == base  # the same code in another module: the same key
     assert fingerprint(source.replace("x + 1", "x + 2"), "stage_v2") != base  # the helper changed
     assert fingerprint(source.replace("return 0", "return 1"), "stage_v3") == base  # an unused function changed
-    assert StageSpec(faces.crop_resize).code == faces.STAGES["crop_resize"].code
+    assert Stage("crop_resize", faces.crop_resize).code == faces.STAGES["crop_resize"].code
 
 
 def test_pipeline_never_writes_into_its_data_root(tmp_path):

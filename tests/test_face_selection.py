@@ -5,14 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from studykit.preprocessing.faces import (
-    fit_box_mapping,
-    iou,
-    map_box,
-    predictor_box,
-    select_faces,
-)
-from studykit.preprocessing.run import preprocess
+from studykit.data.face_sources import preprocess
+from studykit.preprocessing.detection import select_faces
+from studykit.preprocessing.dlib68 import fit_box_mapping, iou, map_box, predictor_box
 from tests.conftest import DATA_ROOT, compose_cfg
 
 AFW = DATA_ROOT / "face_landmarks_68" / "afw_300w"
@@ -68,7 +63,8 @@ def test_one_face_policies_choose_the_annotated_face():
     """On SINGLE, MTCNN also finds a second, smaller face; each policy's choice, and whether it is the annotated one."""
     from facenet_pytorch import MTCNN
 
-    from studykit.preprocessing.faces import mtcnn_detect, read_rgb
+    from studykit.data.images import read_rgb
+    from studykit.preprocessing.detection import mtcnn_detect
 
     image = read_rgb(AFW / f"{SINGLE}_1.jpg")
     boxes, probs = mtcnn_detect(MTCNN(keep_all=True, device="cpu"), image)

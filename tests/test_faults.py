@@ -8,8 +8,10 @@ import pytest
 import torch
 
 import studykit.data.cxr_landmarks as cxr
-from studykit.data.cxr_landmarks import prepare_cxr_landmarks, read_grey
-from studykit.training.run import build_datamodule, train
+from studykit.builders import build_datamodule
+from studykit.data.cxr_landmarks import prepare_cxr_landmarks
+from studykit.data.images import read_grey
+from studykit.training.run import train
 from studykit.utils.io import safe_torch_load
 from tests.conftest import SPLITS, TINY
 

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from studykit.builders import build_datamodule
+from studykit.data.face_sources import preprocess
 from studykit.data.ferplus import RAW_CLASSES, majority_labels, parse_label_csv
-from studykit.preprocessing.run import build_stages, preprocess
-from studykit.training.run import build_datamodule
+from studykit.preprocessing.run import build_stages
 from tests.conftest import DATA_ROOT, compose_cfg, train_and_evaluate
 
 FERPLUS = DATA_ROOT / "ferplus" / "data"

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from studykit.builders import build_datamodule
 from studykit.data.expression_datamodule import stratified_split
-from studykit.training.run import build_datamodule, train
+from studykit.training.run import train
 from tests.conftest import DATA_ROOT, compose_cfg
 
 JAFFE = DATA_ROOT / "jaffe" / "jaffe_db"

@@ -98,8 +98,8 @@ def test_regressor_output_shape_and_range(coord_attention):
     assert out.shape == (2, 15, 2) and (out >= 0).all() and (out <= 1).all()
     assert (net.attention is not None) == coord_attention
     # what the phases treat as head: every parameter outside the backbone, the attention block included
-    from studykit.models.landmark_module import LandmarkModule
     from studykit.losses import MSELoss
+    from studykit.models.landmark_module import LandmarkModule
 
     module = LandmarkModule({"name": "resnet18", "pretrained": {"source": "none"}}, {"hidden": [32], "dropout": [0.1, 0.1]},
                             MSELoss(), coord_attention=coord_attention)

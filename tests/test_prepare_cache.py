@@ -10,7 +10,6 @@ import torch
 from studykit.data.cache import cached_build, manifest_problem
 from studykit.data.cxr_landmarks import prepare_cxr_landmarks
 from studykit.utils.io import config_hash, safe_torch_load
-
 from tests.conftest import SPLITS, TINY
 
 

@@ -21,11 +21,12 @@ import pytest
 import torch
 from PIL import Image
 
+from studykit.builders import build_datamodule
 from studykit.data.cache import cached_build, load_cached, reading
 from studykit.data.images import read_grey, read_rgb
 from studykit.evaluation.runner import evaluate
-from studykit.preprocessing.run import preprocess_faces
-from studykit.training.run import build_datamodule, train
+from studykit.preprocessing.run import Source, preprocess_faces
+from studykit.training.run import train
 from studykit.utils.io import (
     TruncatedFileError,
     atomic_torch_save,
@@ -154,15 +155,16 @@ def test_a_huge_photo_is_an_unreadable_row_and_the_rest_run(tmp_path):
     shutil.copy(face, folder / "a_face.tiff")
     png_header_only(folder / "b_huge.png", 20_000, 15_000)  # 300 MP: Pillow's bomb check would raise here
     shutil.copy(face, folder / "c_small_but_over_the_limit.tiff")
-    prepare = {"labels_from": None, "files": [str(p) for p in sorted(folder.iterdir())],
-               "pipeline": {"stages": ["raw_tensors", "full_frame_boxes", "crop_resize"], "crop_resize": {"size": 32}}}
-    state, _ = preprocess_faces(folder, tmp_path / "cache", prepare)
+    files = sorted(folder.iterdir())
+    source = Source(files, [""] * 3, [""] * 3, [""] * 3)
+    prepare = {"pipeline": {"stages": ["raw_tensors", "full_frame_boxes", "crop_resize"], "crop_resize": {"size": 32}}}
+    state, _ = preprocess_faces(folder, tmp_path / "cache", prepare, source)
     rows = dict(zip((Path(p).name for p in state["paths"]), zip(state["status"], state["reason"])))
     assert rows["a_face.tiff"][0] == rows["c_small_but_over_the_limit.tiff"][0] == "ok"
     assert rows["b_huge.png"][0] == "unreadable" and "20000x15000 = 300.0 megapixels" in rows["b_huge.png"][1]
     # the limit is an option of the stage: below JAFFE's 65,536 pixels, a JAFFE photo is refused too
     limited = {**prepare, "pipeline": {**prepare["pipeline"], "raw_tensors": {"max_pixels": 60_000}}}
-    state, _ = preprocess_faces(folder, tmp_path / "cache", limited)
+    state, _ = preprocess_faces(folder, tmp_path / "cache", limited, source)
     assert state["status"] == ["unreadable"] * 3 and "256x256" in state["reason"][0]
     # the grey reader of X-rays and label distributions refuses it from its header as well
     with pytest.raises(ValueError, match="image too large: 20000x15000"):

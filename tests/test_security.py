@@ -36,7 +36,7 @@ def test_crafted_checkpoint_is_refused(crafted):
     path, marker = crafted
     with pytest.raises(RuntimeError, match="crafted.ckpt.*weights_only"):
         safe_torch_load(path)
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError, match="cannot be loaded safely"):
         create_backbone("resnet18", {"source": "file", "path": str(path)})
     assert not marker.exists()
 

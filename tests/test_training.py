@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from studykit.models.backbones import package_file
 from studykit.evaluation.runner import evaluate
+from studykit.models.backbones import package_file
 from studykit.training.run import train
 from studykit.utils.io import safe_torch_load
 
@@ -116,7 +116,7 @@ def test_last_checkpoint_is_the_last_epoch_even_when_it_is_not_the_best(make_cfg
 
 
 def test_refit_on_train_and_val_trains_on_both_validates_nothing_and_tests_the_last_epoch(make_cfg, capsys):
-    from studykit.training.run import build_datamodule
+    from studykit.builders import build_datamodule
 
     overrides = ["phase=head_only", "phase.stages.head_only.epochs=2", "trainer.max_epochs=null", "data.batch_size=8",
                  "data.fit_splits=[train,val]", "callbacks.early_stopping.patience=0"]
@@ -162,7 +162,7 @@ def test_refit_on_train_and_val_trains_on_both_validates_nothing_and_tests_the_l
 def test_fit_splits_refuses_the_test_split_and_nonsense(make_cfg, splits, message):
     from hydra.errors import InstantiationException
 
-    from studykit.training.run import build_datamodule
+    from studykit.builders import build_datamodule
 
     with pytest.raises(InstantiationException, match=message):  # Hydra wraps the data module's ValueError
         build_datamodule(make_cfg([f"data.fit_splits={splits}"]))

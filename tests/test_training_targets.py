@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from studykit.builders import build_datamodule
 from studykit.data.base import balanced_sampler
 from studykit.data.distribution_datamodule import DistributionDataset
-from studykit.training.run import build_datamodule
 from tests.conftest import compose_cfg
 
 TINY_FER = ["experiment=ferplus_distribution", "data.prepare.limit_per_split={train:96,val:32,test:32}", "data.input_size=48"]

@@ -16,11 +16,24 @@ def resumed_run_dir(ckpt_path: str | None, default: str) -> str:
     return os.path.dirname(checkpoints) if os.path.basename(checkpoints) == "checkpoints" else default
 
 
+def task_monitor(task_name: str, field: str) -> str:
+    """task.monitor / task.monitor_mode: the registered Task's primary metric, logged on the validation split
+    (`val/<name>`), and whether lower or higher is better - declared once, by the Task."""
+    from studykit.tasks import get_task
+
+    metric = get_task(str(task_name)).primary_metric
+    if field not in ("name", "mode"):
+        raise ValueError(f"task_monitor field must be name or mode, got {field!r}")
+    return f"val/{metric['name']}" if field == "name" else metric["mode"]
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("abspath"):
         OmegaConf.register_new_resolver("abspath", lambda p: os.path.abspath(os.path.expanduser(str(p))))
     if not OmegaConf.has_resolver("resumed_run_dir"):
         OmegaConf.register_new_resolver("resumed_run_dir", resumed_run_dir)
+    if not OmegaConf.has_resolver("task_monitor"):
+        OmegaConf.register_new_resolver("task_monitor", task_monitor)
 
 
 register_resolvers()

@@ -12,10 +12,11 @@ load, and a rebuild never deletes files another process is reading.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from studykit.utils.io import (
     atomic_write_json,

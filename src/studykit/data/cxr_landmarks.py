@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from studykit.data.cache import CacheStatus, cached_build
-from studykit.data.images import enhance_clahe, read_grey
+from studykit.data.images import Issue, enhance_clahe, read_grey
 from studykit.data.paths import UnsafePathError, data_root, safe_join
 from studykit.utils.io import atomic_torch_save, atomic_write_json, code_fingerprint, sha256_file
 
@@ -31,18 +32,6 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-
-
-@dataclass
-class Issue:
-    file: str
-    reason: str
-    line: int | None = None
-    split: str | None = None
-    annotation: str | None = None  # "csv:line" of the row that named an image with a problem
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
 @dataclass
@@ -76,7 +65,7 @@ def parse_annotation_csv(
             if not row or all(not c.strip() for c in row):
                 continue
 
-            def issue(reason: str) -> None:
+            def issue(reason: str, line_no: int = line_no) -> None:
                 out.issues.append(Issue(str(csv_path), reason, line_no, split))
 
             if len(row) != expected_cols:

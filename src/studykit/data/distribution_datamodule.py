@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,23 +12,7 @@ from torch.utils.data import Dataset
 from studykit.data.augment import build_augmentation
 from studykit.data.base import IMAGENET_MEAN, IMAGENET_STD, CachedDataModule, grey_to_input
 from studykit.data.cache import CacheStatus
-from studykit.data.ferplus import prepare_ferplus
-
-
-TARGETS = ("distribution", "majority", "sample")
-
-
-def scheme_target(dist: torch.Tensor, scheme: str, rng: np.random.Generator) -> torch.Tensor:
-    """The training target of one item under a FER+ paper scheme: `distribution` the votes themselves,
-    `majority` a one-hot of the most voted class, `sample` a one-hot of a class drawn from the votes."""
-    if scheme == "distribution":
-        return dist
-    if scheme == "majority":
-        k = int(dist.argmax())
-    else:
-        p = dist.double().numpy()
-        k = int(rng.choice(dist.numel(), p=p / p.sum()))
-    return torch.nn.functional.one_hot(torch.tensor(k), dist.numel()).to(dist.dtype)
+from studykit.data.ferplus import TARGETS, prepare_ferplus, scheme_target
 
 
 class DistributionDataset(Dataset):

@@ -9,7 +9,8 @@ Two ways to split (`split_by`):
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from torch.utils.data import Dataset
 from studykit.data.augment import build_augmentation
 from studykit.data.base import IMAGENET_MEAN, IMAGENET_STD, CachedDataModule
 from studykit.data.cache import CacheStatus
-from studykit.data.distribution_datamodule import TARGETS, scheme_target
+from studykit.data.ferplus import TARGETS, scheme_target
 
 
 def face_id(state: dict[str, Any], row: int) -> str:
@@ -136,9 +137,9 @@ class ExpressionDataModule(CachedDataModule):
         return 4 if "four_channel" in self.prepare_cfg["pipeline"]["stages"] else 3
 
     def build_cache(self) -> CacheStatus:
-        from studykit.preprocessing.run import preprocess_faces
+        from studykit.data.face_sources import prepare_faces
 
-        self.state, results = preprocess_faces(self.root, self.cache_dir, self.prepare_cfg)
+        self.state, results = prepare_faces(self.root, self.cache_dir, self.prepare_cfg)
         if not self.classes:
             self.classes = sorted(set(self.state["labels"]) - {""})
         last = results[-1]

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from studykit.data.cache import CacheStatus, cached_build
-from studykit.data.cxr_landmarks import Issue
-from studykit.data.images import read_grey
-from studykit.data.paths import UnsafePathError, data_root, safe_join
+from studykit.data.images import Issue, read_grey
+from studykit.data.paths import UnsafePathError, data_root, relative_posix, safe_join
+from studykit.preprocessing.run import Source
 from studykit.utils.io import atomic_torch_save, atomic_write_json, code_fingerprint, sha256_file
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,23 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 RAW_CLASSES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF")
 CLASS_SETS = {"raw10": RAW_CLASSES, "emotions8": RAW_CLASSES[:8]}
+
+
+# the FER+ paper's training targets from the votes (data.train_target)
+TARGETS = ("distribution", "majority", "sample")
+
+
+def scheme_target(dist: torch.Tensor, scheme: str, rng: np.random.Generator) -> torch.Tensor:
+    """The training target of one item under a FER+ paper scheme: `distribution` the votes themselves,
+    `majority` a one-hot of the most voted class, `sample` a one-hot of a class drawn from the votes."""
+    if scheme == "distribution":
+        return dist
+    if scheme == "majority":
+        k = int(dist.argmax())
+    else:
+        p = dist.double().numpy()
+        k = int(rng.choice(dist.numel(), p=p / p.sum()))
+    return torch.nn.functional.one_hot(torch.tensor(k), dist.numel()).to(dist.dtype)
 
 
 def resolve_classes(classes: str | Sequence[str], raw: Sequence[str] = RAW_CLASSES) -> list[str]:
@@ -178,3 +196,38 @@ def prepare_ferplus(
         return {"splits": report["splits"], "n_issues": len(report["issues"])}
 
     return cached_build(cache_dir, config, build, force=force)
+
+
+# ---- the face pipeline's source: FER+ faces labelled by the majority rule -------------------------------
+def ferplus_source(root: Path, prepare: dict[str, Any]) -> Source:
+    """FER+ faces labelled by Microsoft's majority rule over each split folder's label.csv; faces with no
+    majority, or whose majority is unknown / not-a-face, and files listed in `exclude` are left out and recorded."""
+    raw = list(prepare.get("raw_classes", RAW_CLASSES))
+    classes = resolve_classes(prepare.get("classes", "emotions8"), raw)
+    exclude = {str(e) for e in prepare.get("exclude") or []}
+    limits = dict(prepare.get("limit_per_split") or {})
+    label_file = prepare.get("label_file", "label.csv")
+    src = Source([], [], [], [])
+    for split, folder in split_folders(root, prepare["splits"], label_file).items():
+        _, paths, votes, issues = parse_label_csv(folder / label_file, folder, len(raw), split)
+        src.excluded += [{"path": i.file + (f":{i.line}" if i.line else ""), "split": split, "reason": i.reason} for i in issues]
+        labels, reasons = majority_labels(votes, raw, classes)
+        dist, _ = votes_to_distribution(votes, [raw.index(c) for c in classes])
+        kept = 0
+        for path, label, reason, row_votes in zip(paths, labels, reasons, dist):
+            rel_path = relative_posix(path, root)
+            if not reason and any(rel_path == e or rel_path.endswith("/" + e) for e in exclude):
+                reason = "listed in data.prepare.exclude"
+            if not reason and not path.is_file():
+                reason = "image file not found"
+            if reason:
+                src.excluded.append({"path": rel_path, "split": split, "reason": reason})
+                continue
+            if limits.get(split) is not None and kept >= int(limits[split]):
+                continue  # a subset: keep reading, so that the report still lists every exclusion
+            src.paths.append(path), src.labels.append(classes[label]), src.subjects.append(""), src.splits.append(split)
+            src.votes.append(row_votes)
+            kept += 1
+    if not src.paths:
+        raise FileNotFoundError(f"no labelled FER+ images under {root} (splits {dict(prepare['splits'])})")
+    return src

@@ -1,4 +1,5 @@
-"""Reading image files for every data source and for prediction: one place for what can go wrong with a file.
+"""Reading image files for every data source and for prediction: one place for what can go wrong with a file,
+and the record (`Issue`) of a file or annotation row that a data source skips.
 
 - EXIF orientation is applied, so a portrait phone photo arrives upright (a camera stores it sideways with an
   Orientation tag).
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -95,3 +98,17 @@ def read_grey(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.nda
 def enhance_clahe(image: np.ndarray, clip_limit: float, tile_grid: int) -> np.ndarray:
     """Contrast-limited adaptive histogram equalisation of a grey uint8 image."""
     return cv2.createCLAHE(clipLimit=float(clip_limit), tileGridSize=(int(tile_grid), int(tile_grid))).apply(image)
+
+
+@dataclass
+class Issue:
+    """A skipped file or annotation row, with why: listed in a cache's report.json, never silently lost."""
+
+    file: str
+    reason: str
+    line: int | None = None
+    split: str | None = None
+    annotation: str | None = None  # "csv:line" of the row that named an image with a problem
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}

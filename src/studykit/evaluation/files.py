@@ -4,8 +4,8 @@ per-sample score files that ensembles, sweep summaries and paired tests compare.
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch

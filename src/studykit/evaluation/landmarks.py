@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -81,7 +81,7 @@ def per_image_errors(pred_px: torch.Tensor, target_px: torch.Tensor) -> np.ndarr
 
 
 def error_report(pred_px: torch.Tensor, target_px: torch.Tensor, category: torch.Tensor, categories: Sequence[str]) -> dict:
-    metric = LandmarkErrorMetrics(categories)
+    metric = LandmarkErrorMetrics(categories, sync_on_compute=False)  # one process reports on all the predictions
     metric.update(pred_px, target_px, category)
     return metric.report()
 

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from studykit.builders import build_datamodule, build_module
+from studykit.data.base import fits_on_val
 from studykit.evaluation.files import (  # noqa: F401  (re-exported: the run-folder helpers)
     best_checkpoint,
     configuration_key,
@@ -33,7 +35,6 @@ from studykit.evaluation.files import (  # noqa: F401  (re-exported: the run-fol
     run_config,
     sweep_members,
 )
-from studykit.data.base import fits_on_val
 from studykit.evaluation.stats import mean_std, paired_test
 from studykit.tasks import Task, task_of
 from studykit.utils import trust
@@ -61,8 +62,6 @@ def without_pretrained(cfg: DictConfig) -> DictConfig:
 def load_trained_module(run_dir: Path, cfg: DictConfig, checkpoint: Path | None = None):
     """The run's LightningModule (laid out as its hardware config says) with the weights of `checkpoint`,
     by default the one it tested (`best_checkpoint`); in eval mode. No pretrained source is read."""
-    from studykit.training.run import build_module
-
     module = build_module(without_pretrained(cfg))
     module.load_state_dict(safe_torch_load(checkpoint or best_checkpoint(run_dir, cfg))["state_dict"])
     return module.eval()
@@ -78,8 +77,6 @@ class LoadedRun:
 
     def __init__(self, run_dir: Path, checkpoint: Path | None = None, overrides: list[str] | None = None,
                  split: str = "test"):
-        from studykit.training.run import build_datamodule
-
         if split not in SPLITS:
             raise ValueError(f"split={split!r}: evaluate one of {SPLITS}")
         self.split = split
@@ -99,6 +96,17 @@ class LoadedRun:
         self.module = load_trained_module(self.run_dir, self.cfg, self.checkpoint)
         self.test_set = self.datamodule.test_set if split == "test" else self.datamodule.val_set
 
+    @classmethod
+    def from_training(cls, run_dir: Path, cfg: DictConfig, module: Any, datamodule: Any, checkpoint: str | Path | None) -> LoadedRun:
+        """The run train.py has in memory (its tested weights already in `module`), so that its test at the end of
+        training is evaluated by the same code as `evaluate.py run_dir=...`."""
+        run = cls.__new__(cls)
+        run.split, run.run_dir, run.cfg, run.task = "test", Path(run_dir), cfg, task_of(cfg)
+        run.checkpoint = Path(checkpoint) if checkpoint else None
+        datamodule.setup("test")
+        run.datamodule, run.module, run.test_set = datamodule, module.eval(), datamodule.test_set
+        return run
+
     def test_loader(self):
         return self.datamodule.test_dataloader() if self.split == "test" else self.datamodule.val_dataloader()
 
@@ -107,6 +115,14 @@ class LoadedRun:
         bf16 = str(OmegaConf.select(self.cfg, "hardware.precision", default="32-true")).startswith("bf16")
         with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
             return self.task.predict(self, tta).float()
+
+
+def run_fields(run: LoadedRun) -> dict[str, Any]:
+    """What identifies the run and the weights a report describes."""
+    cfg = run.cfg
+    return {"run_name": cfg.get("run_name"), "run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint) if run.checkpoint else None,
+            "seed": cfg.get("seed"), "model": OmegaConf.select(cfg, "model.backbone.name"), "task": run.task.name,
+            "loss": OmegaConf.select(cfg, "loss._target_")}
 
 
 def write_evaluation(out_dir: Path, task: Task, pred: torch.Tensor, run: LoadedRun, title: str, visualize: bool,
@@ -130,15 +146,21 @@ def title_suffix(tta_views: str | None, split: str) -> str:
     return (f" + TTA ({tta_views})" if tta_views else "") + (" (validation split)" if split == "val" else "")
 
 
+def evaluate_loaded(run: LoadedRun, tta: bool = False, out_dir: Path | None = None, visualize: bool = False,
+                    options: dict[str, Any] | None = None, title: str | None = None) -> dict[str, Any]:
+    """The report of one loaded run: its predictions (with TTA), the task's metrics and files in `out_dir`.
+    evaluate.py run_dir=... and train.py's test at the end of training both come here."""
+    out_dir = Path(out_dir or run.run_dir / default_folder("evaluation", tta, run.split))
+    views = run.task.tta_views(run) if tta else None
+    title = title or str(run.cfg.get("run_name"))
+    return write_evaluation(out_dir, run.task, run.predict(tta), run, f"{title}{title_suffix(views, run.split)}", visualize,
+                            {**run_fields(run), "tta": tta, "tta_views": views}, options)
+
+
 def evaluate_single(run_dir: Path, tta: bool = False, visualize: bool = False, out_dir: Path | None = None,
                     checkpoint: str | None = None, overrides: list[str] | None = None,
                     options: dict[str, Any] | None = None, split: str = "test") -> dict[str, Any]:
-    run = LoadedRun(run_dir, checkpoint, overrides, split)
-    out_dir = Path(out_dir or Path(run_dir) / default_folder("evaluation", tta, split))
-    views = run.task.tta_views(run) if tta else None
-    return write_evaluation(out_dir, run.task, run.predict(tta), run, f"{run.cfg.get('run_name')}{title_suffix(views, split)}",
-                            visualize, {"run_dir": str(run_dir), "checkpoint": str(run.checkpoint), "tta": tta,
-                                        "tta_views": views}, options)
+    return evaluate_loaded(LoadedRun(run_dir, checkpoint, overrides, split), tta, out_dir, visualize, options)
 
 
 def evaluate_ensemble(folder: Path, tta: bool = False, visualize: bool = False, out_dir: Path | None = None,

@@ -15,41 +15,24 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from studykit.evaluation.runner import run_config
+from studykit.builders import normalization
+from studykit.evaluation.runner import load_trained_module, run_config
+from studykit.tasks import task_of
 from studykit.utils.io import atomic_write_json, check_writable, file_mode, guard_outputs, make_dirs
 
 OPSET = 18
-OUTPUTS = {
-    "landmarks": "(N, K, 2) landmark coordinates (x, y) in [0, 1] of the input; multiply by each original image's "
-                 "width and height for pixels",
-    "classification": "(N, C) logits over `classes`; softmax for probabilities",
-    "distribution": "(N, C) logits over `classes`; softmax for the predicted distribution",
-}
-
-
-def preprocessing_constants(cfg: DictConfig, task: str, in_chans: int) -> dict[str, Any]:
-    from studykit.training.run import normalization
-
-    data = OmegaConf.to_container(cfg.data, resolve=True)
+def preprocessing_constants(cfg: DictConfig, in_chans: int) -> dict[str, Any]:
+    """What a user without the training stack needs to feed the exported network: the input size, statistics
+    and layout, and what the run's Task adds (names, the grey size and enhancement, the face pipeline)."""
+    task = task_of(cfg)
     mean, std = normalization(cfg)
-    out: dict[str, Any] = {
-        "task": task, "input_size": int(data["input_size"]), "in_chans": in_chans,
-        "mean": list(mean), "std": list(std), "output": OUTPUTS[task],
+    return {
+        "task": task.name, "input_size": int(cfg.data.input_size), "in_chans": in_chans,
+        "mean": list(mean), "std": list(std), "output": task.output_description,
         "input_layout": "NCHW float32: pixel / 255, then (x - mean) / std per channel"
                         + ("; channel 4 is the landmark heat map / 255, not normalized" if in_chans == 4 else ""),
+        **task.export_constants(cfg),
     }
-    if task == "landmarks":
-        k = int(data["prepare"]["num_landmarks"])
-        out.update({"landmark_names": [f"L{i}" for i in range(1, k + 1)], "flip_pairs": data["flip_pairs"],
-                    "grey_image_size": int(data["prepare"]["image_size"]), "clahe": data["prepare"].get("clahe"),
-                    "resize": "grey image -> grey_image_size (cv2 INTER_AREA) -> input_size (bilinear), replicated to 3 channels"})
-    else:
-        out["classes"] = list(cfg.task.module.classes)
-        if task == "classification":
-            out["face_pipeline"] = data["prepare"].get("pipeline")
-        else:
-            out["grey_image_size"] = int(data["prepare"]["image_size"])
-    return out
 
 
 def export_net(net: torch.nn.Module, in_chans: int, size: int, path: Path, opset: int = OPSET) -> Path:
@@ -69,14 +52,10 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, opset: i
                 data_root: str | Path | None = None) -> dict[str, Any]:
     """Write model.onnx and preprocessing.json for the run's best checkpoint; returns the constants. Nothing
     is written inside `data_root` (read-only)."""
-    from studykit.evaluation.runner import load_trained_module
-    from studykit.tasks import task_of
-
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "export"
     guard_outputs(data_root, out)
     cfg = run_config(run_dir)
-    task = task_of(cfg).name
     module = load_trained_module(run_dir, cfg)
     module.use_channels_last(False)  # the graph's layout is onnxruntime's business
     net = module.net.eval()
@@ -84,7 +63,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, opset: i
     size = int(cfg.data.input_size)
     make_dirs(out)
     export_net(net, in_chans, size, out / "model.onnx", opset)
-    constants = preprocessing_constants(cfg, task, in_chans)
+    constants = preprocessing_constants(cfg, in_chans)
     constants.update({"opset": opset, "run_dir": str(run_dir), "onnx": "model.onnx"})
     atomic_write_json(out / "preprocessing.json", constants)
     return constants

@@ -7,7 +7,7 @@ indices in configs are 1-based, as in the annotation's documentation.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

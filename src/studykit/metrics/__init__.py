@@ -1,3 +1,3 @@
-from studykit.metrics.landmark import LandmarkErrorMetrics, QUALITY_BINS
+from studykit.metrics.landmark import QUALITY_BINS, LandmarkErrorMetrics
 
 __all__ = ["LandmarkErrorMetrics", "QUALITY_BINS"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torchmetrics import Metric, MetricCollection
@@ -59,9 +59,10 @@ def classification_metrics(num_classes: int, **kwargs) -> MetricCollection:
 
 
 def classification_report(probs: torch.Tensor, target: torch.Tensor, classes: Sequence[str]) -> dict:
-    """Every scalar of the suite, the confusion matrix (rows: true, columns: predicted) and per-class scores."""
+    """Every scalar of the suite, the confusion matrix (rows: true, columns: predicted) and per-class scores, on
+    the whole predictions given (never synchronised across processes: a report is made by one process)."""
     n = len(classes)
-    suite = classification_metrics(n)
+    suite = classification_metrics(n, sync_on_compute=False)
     suite.update(probs, target)
     report = {k: float(v) for k, v in suite.compute().items()}
     confusion = MulticlassConfusionMatrix(n)(probs, target)

@@ -7,7 +7,7 @@ every image has the same number of landmarks. Quality bins classify images by th
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torchmetrics import Metric

@@ -17,7 +17,7 @@ class PhasedModule(L.LightningModule):
     """A LightningModule with `self.net.backbone` and a head, trained in phases (`set_stage`).
 
     A phase dict: freeze_backbone, epochs, optimizer and scheduler as partial configs (see
-    `configure_optimizers`). Subclasses define the steps and the test report.
+    `configure_optimizers`). Subclasses define the training and validation steps.
     """
 
     net: nn.Module
@@ -34,12 +34,12 @@ class PhasedModule(L.LightningModule):
         self.channels_last = bool(enabled)
         self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if self.channels_last and isinstance(batch, dict):
-            image = batch.get("image")
-            if isinstance(image, torch.Tensor) and image.dim() == 4:
-                batch["image"] = image.contiguous(memory_format=torch.channels_last)
-        return batch
+    def in_layout(self, x: torch.Tensor) -> torch.Tensor:
+        """An input batch in the module's memory layout: done in forward, so training, validation and every
+        evaluation path (which call the module without Lightning) compute with the same kernels."""
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def set_stage(self, stage: dict[str, Any]) -> None:
         """Switch to a training phase: freezes or thaws the backbone and sets the optimizer for it."""
@@ -94,18 +94,6 @@ class PhasedModule(L.LightningModule):
                 f"loss is {loss.item()} at epoch {self.current_epoch}, global step {self.global_step}, batch {batch_idx}; "
                 "stopping (the last good checkpoint is kept)"
             )
-
-    # ---- the test report protocol used by studykit.training.run.test_and_report ------------------------
-    def test_report(self) -> dict[str, Any]:
-        """Metrics of the last test epoch as plain numbers; must hold `primary_metric`."""
-        raise NotImplementedError
-
-    def test_markdown(self, report: dict[str, Any], title: str) -> str:
-        raise NotImplementedError
-
-    def test_outputs(self) -> torch.Tensor:
-        """The last test epoch's predictions in the task's output space (its Task writes the files)."""
-        raise NotImplementedError
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float = 0.1,

@@ -3,12 +3,12 @@ full multiclass metric suite."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-import torch
 from torch import nn
 
-from studykit.metrics.classification import classification_markdown, classification_metrics, classification_report
+from studykit.metrics.classification import classification_metrics
 from studykit.models.logits_module import LogitsModule
 
 
@@ -19,10 +19,3 @@ class ClassificationModule(LogitsModule):
                  classes: Sequence[str] = (), in_chans: int = 3, stage: dict[str, Any] | None = None):
         super().__init__(backbone, head, loss, num_classes, classes, in_chans, stage, classification_metrics(num_classes))
         self.save_hyperparameters(ignore=["loss"])
-
-    def test_report(self) -> dict[str, Any]:
-        report = classification_report(torch.cat(self.test_probs), torch.cat(self.test_targets), self.classes)
-        return {"primary_metric": {"name": "accuracy", "mode": "max"}, "classes": self.classes, **report}
-
-    def test_markdown(self, report: dict[str, Any], title: str) -> str:
-        return classification_markdown(report, title)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-import torch
 from torch import nn
 
-from studykit.metrics.distribution import DistributionMetrics, distribution_markdown
+from studykit.metrics.distribution import DistributionMetrics
 from studykit.models.logits_module import ClassifierNet, LogitsModule
 
 __all__ = ["ClassifierNet", "DistributionModule"]
@@ -22,14 +22,3 @@ class DistributionModule(LogitsModule):
                  classes: Sequence[str] = (), stage: dict[str, Any] | None = None):
         super().__init__(backbone, head, loss, num_classes, classes, 3, stage, DistributionMetrics(classes))
         self.save_hyperparameters(ignore=["loss"])
-
-    def test_metric(self) -> DistributionMetrics:
-        metric = DistributionMetrics(self.classes)
-        metric.update(torch.cat(self.test_probs), torch.cat(self.test_targets))
-        return metric
-
-    def test_report(self) -> dict[str, Any]:
-        return {"primary_metric": {"name": "kl", "mode": "min"}, "classes": self.classes, **self.test_metric().report()}
-
-    def test_markdown(self, report: dict[str, Any], title: str) -> str:
-        return distribution_markdown(report, title)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -70,8 +70,7 @@ class HeatmapHead(nn.Module):
     decoder at that level costs (stride 4 instead of 8 with out_indices [1,2,3,4]: +6% of the recipe's FLOPs
     against +117%). With fine_from_coarse (the default) the maps are the decoder's own stride-8 maps, upsampled,
     plus a correction from the light stage whose last conv starts at zero: training starts from the coarse head's
-    maps instead of from a near-uniform softmax over four times the cells, which started slower and never caught up
-    (BENCHMARKS.md, screen30-fine4)."""
+    maps instead of from a near-uniform softmax over four times the cells."""
 
     def __init__(self, in_channels: Sequence[int], num_landmarks: int, channels: int = 128, depth: int = 2,
                  beta: float = 1.0, learn_beta: bool = True, fine_channels: int = 0, fine_from_coarse: bool = True):

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from timm.layers.coord_attn import CoordAttn
 from torch import nn
 
 from studykit.losses.landmark import js_divergence_maps
-from studykit.metrics.landmark import LandmarkErrorMetrics, report_markdown
-from studykit.models.base import PhasedModule
+from studykit.metrics.landmark import LandmarkErrorMetrics
 from studykit.models.backbones import create_backbone
+from studykit.models.base import PhasedModule
 from studykit.models.heads import HeatmapHead, MLPHead
 
 HEAD_TYPES = ("mlp", "heatmap")
@@ -69,7 +70,8 @@ class LandmarkRegressor(nn.Module):
 
 
 class LandmarkModule(PhasedModule):
-    """Predictions are normalized to [0, 1] of the input; losses and metrics use pixels of the original."""
+    """Predictions are normalized to [0, 1] of the input; losses and metrics use pixels of the original. Trains
+    and logs; testing and reports belong to the landmark Task (studykit.tasks.landmarks)."""
 
     def __init__(
         self,
@@ -87,12 +89,10 @@ class LandmarkModule(PhasedModule):
         self.loss_fn = loss
         self.categories = list(categories)
         self.val_metrics = LandmarkErrorMetrics(self.categories)
-        self.test_metrics = LandmarkErrorMetrics(self.categories, sync_on_compute=False)  # each rank tests all
-        self.test_predictions: list[torch.Tensor] = []
 
     # ---- steps --------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(self.in_layout(x))
 
     @staticmethod
     def to_pixels(points: torch.Tensor, orig_size: torch.Tensor) -> torch.Tensor:
@@ -128,30 +128,3 @@ class LandmarkModule(PhasedModule):
         for key, value in self.val_metrics.compute().items():
             self.log(f"val/{key}", value, prog_bar=key == "mean_px")
         self.val_metrics.reset()
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        loss, pred_px, target_px = self._shared_step(batch)
-        self.log("test/loss", loss, on_step=False, on_epoch=True, batch_size=batch["image"].shape[0])
-        self.test_metrics.update(pred_px, target_px, batch["category"])
-        self.test_predictions.append(pred_px.detach().cpu())
-
-    def on_test_epoch_start(self) -> None:
-        self.test_metrics.reset()
-        self.test_predictions = []
-
-    def on_test_epoch_end(self) -> None:
-        for key, value in self.test_metrics.compute().items():
-            self.log(f"test/{key}", value)
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self.to_pixels(self(batch["image"]), batch["orig_size"])
-
-    # ---- test report --------------------------------------------------------------------------------
-    def test_report(self) -> dict[str, Any]:
-        return {"primary_metric": {"name": "mean_px", "mode": "min"}, **self.test_metrics.report()}
-
-    def test_markdown(self, report: dict[str, Any], title: str) -> str:
-        return report_markdown(report, title=title)
-
-    def test_outputs(self) -> torch.Tensor:
-        return torch.cat(self.test_predictions)

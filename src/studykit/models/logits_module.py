@@ -1,9 +1,10 @@
-"""Shared by the tasks whose head outputs logits (classification, label distributions): the network, the
-steps, and test-time collection of probabilities and targets. Subclasses set the metrics and the report."""
+"""Shared by the tasks whose head outputs logits (classification, label distributions): the network and the
+training and validation steps. Subclasses set the validation metrics; tests and reports belong to the Tasks."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ class ClassifierNet(nn.Module):
 
 class LogitsModule(PhasedModule):
     """Losses get logits and targets; `val_metrics` (anything with update(probs, target) and compute() -> dict)
-    gets softmax probabilities; test probabilities and targets are kept for the subclass's report."""
+    gets softmax probabilities."""
 
     progress_metrics: tuple[str, ...] = ()
 
@@ -42,15 +43,13 @@ class LogitsModule(PhasedModule):
         self.loss_fn = loss
         self.classes = list(classes) or [str(i) for i in range(num_classes)]
         self.val_metrics = val_metrics
-        self.test_probs: list[torch.Tensor] = []
-        self.test_targets: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(self.in_layout(x))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled backbone features the head sees (for embedding maps)."""
-        return self.net.features(x)
+        return self.net.features(self.in_layout(x))
 
     def _step(self, batch: dict[str, Any], stage: str, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(batch["image"])
@@ -74,16 +73,3 @@ class LogitsModule(PhasedModule):
         for key, value in self.val_metrics.compute().items():
             self.log(f"val/{key}", value, prog_bar=key in self.progress_metrics)
         self.val_metrics.reset()
-
-    def on_test_epoch_start(self) -> None:
-        self.test_probs, self.test_targets = [], []
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.test_probs.append(self._step(batch, "test", batch_idx)[1].detach().cpu())
-        self.test_targets.append(batch["target"].detach().cpu())
-
-    def test_outputs(self) -> torch.Tensor:
-        return torch.cat(self.test_probs)
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self(batch["image"]).softmax(-1)

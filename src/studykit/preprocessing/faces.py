@@ -1,6 +1,8 @@
-"""Face preprocessing stages: raw tensors, MTCNN boxes (or the full frame, for images that are already face
-crops), CLAHE + unsharp enhancement, dlib 68 landmarks, crop with padding, resize with exact coordinate mapping,
-and a landmark heat-map channel.
+"""The face pipeline's stages, each a small function `(state, params, folder) -> outputs` that the cached
+pipeline runs (studykit.preprocessing.pipeline): raw tensors, MTCNN boxes (or the full frame, for images that
+are already face crops), CLAHE + unsharp enhancement, dlib 68 landmarks, crop with padding and resize with exact
+coordinate mapping, and a landmark heat-map channel. Detection, dlib fitting and crop geometry live in their
+own modules (detection, dlib68, geometry).
 
 Coordinates are pixel indices (pixel i has its centre at i), dlib's convention. Images that fail a stage
 (unreadable file, no face) keep their row with a status and a reason and are filtered from later stages.
@@ -9,7 +11,6 @@ Coordinates are pixel indices (pixel i has its centre at i), dlib's convention. 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import logging
 from pathlib import Path
@@ -18,11 +19,13 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from studykit.data.images import DEFAULT_MAX_PIXELS, read_rgb
-from studykit.preprocessing.pipeline import StageSpec
+from studykit.preprocessing.detection import FACE_SELECTION, mtcnn_detect, select_faces
+from studykit.preprocessing.dlib68 import dlib_detect, dlib_points, predictor_box, predictor_path
+from studykit.preprocessing.geometry import crop_box, landmark_heatmap, map_points
+from studykit.preprocessing.pipeline import Stage
 from studykit.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -74,50 +77,11 @@ def raw_tensors(state: dict[str, Any], params: dict[str, Any], folder: Path) -> 
 
 
 # ---- 2. MTCNN face boxes --------------------------------------------------------------------------------
-FACE_SELECTION = ("most_confident", "largest", "most_central", "prob_area", "all")
+
+
+# ---- 2. face boxes ------------------------------------------------------------------------------------------
 # what every row of the state carries; `select: all` repeats them once per face found
 ROW_KEYS = ("paths", "labels", "subjects", "splits", "images", "status", "reason")
-
-
-def select_faces(boxes: np.ndarray, probs: np.ndarray, width: int, height: int, policy: str) -> list[int]:
-    """Indices of the faces to keep among a photo's detections. One face per photo: the most confident,
-    the largest, the one whose centre is nearest the photo's centre, or the largest probability x area;
-    `all`: every face, most confident first."""
-    if policy not in FACE_SELECTION:
-        raise ValueError(f"mtcnn_boxes.select must be one of {FACE_SELECTION}, got {policy!r}")
-    if policy == "all":
-        return [int(i) for i in np.argsort(-probs, kind="stable")]
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    if policy == "most_confident":
-        score = probs
-    elif policy == "largest":
-        score = area
-    elif policy == "prob_area":
-        score = probs * area
-    else:
-        centre = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2 - width / 2, (boxes[:, 1] + boxes[:, 3]) / 2 - height / 2], 1)
-        score = -np.hypot(centre[:, 0], centre[:, 1])
-    return [int(np.argmax(score))]
-
-
-def downscaled(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray, float]:
-    """The image shrunk so its long side is at most `max_side` (detectors on large photos cost seconds per
-    megapixel), and the factor that maps its coordinates back to the original."""
-    h, w = image.shape[:2]
-    if not max_side or max(h, w) <= int(max_side):
-        return image, 1.0
-    scale = int(max_side) / max(h, w)
-    return cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA), 1.0 / scale
-
-
-def mtcnn_detect(detector, image: np.ndarray, max_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """All MTCNN faces of an RGB image: boxes (N, 4) x1, y1, x2, y2 in its pixels, probabilities (N,)."""
-    small, back = downscaled(image, max_side)
-    found, p = detector.detect(Image.fromarray(small))
-    if found is None or len(found) == 0:
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
-    # numpy 2 returns object arrays: make them float
-    return np.asarray(found, dtype=np.float32).reshape(-1, 4) * back, np.asarray(p, dtype=np.float32).reshape(-1)
 
 
 def mtcnn_boxes(state: dict[str, Any], params: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -185,7 +149,7 @@ def clahe_unsharp(image: np.ndarray, clip_limit: float, tile_grid: int, amount: 
 
 def enhanced_tensors(state: dict[str, Any], params: dict[str, Any], folder: Path) -> dict[str, Any]:
     """`enhanced` beside the untouched `images`: the classifier is fed the enhanced faces, while dlib's
-    predictor, trained on ordinary photos, is more accurate on the originals (BENCHMARKS.md, face_landmarks)."""
+    predictor, trained on ordinary photos, runs on the originals (`landmarks.image: raw`)."""
     enhanced = list(state["images"])
     done: dict[int, torch.Tensor] = {}  # rows of one photo (select: all) share its enhanced image
     for i in tqdm(ok_indices(state), desc="enhance", leave=False):
@@ -199,91 +163,9 @@ def enhanced_tensors(state: dict[str, Any], params: dict[str, Any], folder: Path
 
 
 # ---- 4. dlib landmarks --------------------------------------------------------------------------------------
-def predictor_path(configured: str | None) -> Path:
-    """The 68-point model: a configured path, else the file shipped in PyPI's face-recognition-models."""
-    if configured:
-        path = Path(configured).expanduser()
-    else:
-        spec = importlib.util.find_spec("face_recognition_models")  # its __init__ needs pkg_resources: don't import
-        if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError("dlib's 68-point model not found: pip install face-recognition-models, or set the predictor path")
-        path = Path(list(spec.submodule_search_locations)[0]) / "models" / "shape_predictor_68_face_landmarks.dat"
-    if not path.is_file():
-        raise FileNotFoundError(f"dlib shape predictor file {path} not found")
-    return path
 
 
-def dlib_points(predictor, grey: np.ndarray, box: np.ndarray) -> np.ndarray:
-    import dlib
-
-    left, top, right, bottom = (int(round(v)) for v in box)
-    shape = predictor(grey, dlib.rectangle(left, top, right, bottom))
-    return np.array([[shape.part(k).x, shape.part(k).y] for k in range(shape.num_parts)], dtype=np.float32)
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-BOX_SOURCES = ("refine", "mapped", "mtcnn")
-FALLBACKS = ("mapped", "mtcnn")
-
-
-def map_box(box: np.ndarray, mapping: dict[str, float]) -> np.ndarray:
-    """An MTCNN box -> the box dlib's predictor expects: centre shifted by (dx * width, dy * height), size
-    scaled by (sw, sh) - the transform fitted by `fit_box_mapping`."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    w, h = x2 - x1, y2 - y1
-    cx, cy = (x1 + x2) / 2 + float(mapping["dx"]) * w, (y1 + y2) / 2 + float(mapping["dy"]) * h
-    half_w, half_h = float(mapping["sw"]) * w / 2, float(mapping["sh"]) * h / 2
-    return np.array([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dtype=np.float32)
-
-
-def fit_box_mapping(mtcnn: np.ndarray, dlib_boxes: np.ndarray) -> dict[str, float]:
-    """The median shift and scale that take MTCNN boxes (N, 4) to the dlib boxes (N, 4) of the same faces;
-    medians, so a few bad pairs do not move it."""
-    mtcnn, dlib_boxes = np.asarray(mtcnn, np.float64).reshape(-1, 4), np.asarray(dlib_boxes, np.float64).reshape(-1, 4)
-    if len(mtcnn) == 0:
-        raise ValueError("fit_box_mapping needs at least one pair of boxes")
-    mw, mh = mtcnn[:, 2] - mtcnn[:, 0], mtcnn[:, 3] - mtcnn[:, 1]
-    dw, dh = dlib_boxes[:, 2] - dlib_boxes[:, 0], dlib_boxes[:, 3] - dlib_boxes[:, 1]
-    dx = ((dlib_boxes[:, 0] + dlib_boxes[:, 2]) - (mtcnn[:, 0] + mtcnn[:, 2])) / 2 / mw
-    dy = ((dlib_boxes[:, 1] + dlib_boxes[:, 3]) - (mtcnn[:, 1] + mtcnn[:, 3])) / 2 / mh
-    return {"dx": float(np.median(dx)), "dy": float(np.median(dy)), "sw": float(np.median(dw / mw)), "sh": float(np.median(dh / mh))}
-
-
-def dlib_detect(detector, grey: np.ndarray, upsample: int = 1, max_side: int | None = None) -> list[np.ndarray]:
-    """dlib's HOG faces of a grey image as x1, y1, x2, y2 boxes in its pixels."""
-    small, back = downscaled(grey, max_side)
-    return [np.array([d.left(), d.top(), d.right(), d.bottom()], dtype=np.float32) * back for d in detector(small, int(upsample))]
-
-
-def predictor_box(box: np.ndarray, detections: list[np.ndarray] | None = None, source: str = "refine",
-                  fallback: str = "mapped", mapping: dict[str, float] | None = None) -> tuple[np.ndarray, str]:
-    """The box to start dlib's shape predictor from, and where it came from. The predictor was trained on
-    dlib's own (HOG) face boxes, which sit lower and squarer than MTCNN's. `refine`: dlib's detection that
-    overlaps the MTCNN box best (IoU > 0.3), else the fallback; `mapped`: the MTCNN box through the fitted
-    mapping; `mtcnn`: the MTCNN box itself. (Detecting on a crop around the box is not used: HOG detections
-    change with the crop's alignment.)"""
-    if source not in BOX_SOURCES or fallback not in FALLBACKS:
-        raise ValueError(f"landmarks.box must be one of {BOX_SOURCES} and landmarks.fallback one of {FALLBACKS}, "
-                         f"got {source!r} / {fallback!r}")
-    if source == "refine":
-        best = max(detections or [], key=lambda d: iou(d, box), default=None)
-        if best is not None and iou(best, box) > 0.3:
-            return best, "dlib"
-        source = fallback
-    if source == "mapped":
-        if not mapping:
-            raise ValueError("landmarks.box_mapping (dx, dy, sw, sh) is needed for the mapped box")
-        return map_box(box, mapping), "mapped"
-    return np.asarray(box, dtype=np.float32), "mtcnn"
-
-
+# ---- 4. dlib landmarks --------------------------------------------------------------------------------------
 def landmarks(state: dict[str, Any], params: dict[str, Any], folder: Path) -> dict[str, Any]:
     """dlib's 68 points per face, on the original image (`image: raw`) or the enhanced one (`image: enhanced`),
     started from the box `box` / `fallback` choose (predictor_box); `box_source` records which was used."""
@@ -313,6 +195,11 @@ def landmarks(state: dict[str, Any], params: dict[str, Any], folder: Path) -> di
     return {"landmarks": points, "box_source": used}
 
 
+def cell(value: float) -> str:
+    """A coordinate or probability as a CSV cell: NaN (none) is an empty cell."""
+    return "" if value != value else f"{value:.2f}"
+
+
 def write_results_csv(path: Path, state: dict[str, Any]) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -322,34 +209,13 @@ def write_results_csv(path: Path, state: dict[str, Any]) -> None:
         h, w = state["orig_size"][i].tolist()
         box = state["boxes"][i].tolist() if "boxes" in state else [float("nan")] * 4
         pts = state["landmarks"][i].reshape(-1).tolist() if "landmarks" in state else [float("nan")] * 136
-        fmt = lambda v: "" if v != v else f"{v:.2f}"  # noqa: E731  (NaN -> empty cell)
         face = int(state["face_index"][i]) if "face_index" in state else 0
-        writer.writerow([image_path, face, w, h, *map(fmt, box), fmt(float(state.get("box_prob", torch.tensor([float("nan")] * len(state["paths"])))[i]))]
-                        + [fmt(v) for v in pts] + [state["status"][i], state["reason"][i]])
+        prob = float(state["box_prob"][i]) if "box_prob" in state else float("nan")
+        writer.writerow([image_path, face, w, h, *map(cell, box), cell(prob)] + [cell(v) for v in pts] + [state["status"][i], state["reason"][i]])
     atomic_write_text(path, buf.getvalue())
 
 
 # ---- 6-8. crop with padding, resize with exact coordinates ---------------------------------------------
-def crop_box(box: np.ndarray, padding: int, width: int, height: int) -> tuple[int, int, int, int]:
-    """MTCNN box grown by `padding` pixels on each side, clipped to the image: (x0, y0, x1, y1), x1/y1 exclusive."""
-    x0 = max(0, int(np.floor(box[0])) - padding)
-    y0 = max(0, int(np.floor(box[1])) - padding)
-    x1 = min(width, int(np.ceil(box[2])) + padding)
-    y1 = min(height, int(np.ceil(box[3])) + padding)
-    return x0, y0, x1, y1
-
-
-def map_points(points: np.ndarray, crop: tuple[int, int, int, int], size: int) -> np.ndarray:
-    """Pixel-index coordinates in the image -> in the crop resized to size x size (cv2.resize's mapping:
-    destination centre j + 0.5 samples source (j + 0.5) * scale)."""
-    x0, y0, x1, y1 = crop
-    sx, sy = size / (x1 - x0), size / (y1 - y0)
-    out = np.array(points, dtype=np.float64, copy=True)
-    out[..., 0] = (out[..., 0] - x0 + 0.5) * sx - 0.5
-    out[..., 1] = (out[..., 1] - y0 + 0.5) * sy - 0.5
-    return out
-
-
 def crop_resize(state: dict[str, Any], params: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Crop each face (box + padding) and resize it; the enhanced image when the pipeline made one
     (`image: enhanced`, the default), else the original."""
@@ -384,23 +250,6 @@ def crop_resize(state: dict[str, Any], params: dict[str, Any], folder: Path) -> 
 
 
 # ---- 9. landmark channel --------------------------------------------------------------------------------
-def landmark_heatmap(points: np.ndarray, size: int, sigma: float) -> np.ndarray:
-    """Max over Gaussians (peak 1) at the points: a (size, size) map in [0, 1]."""
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
-    heat = np.zeros((size, size), dtype=np.float32)
-    radius = int(np.ceil(3 * sigma))
-    for x, y in points:
-        if not np.isfinite([x, y]).all():
-            continue
-        xa, xb = max(0, int(x) - radius), min(size, int(x) + radius + 2)
-        ya, yb = max(0, int(y) - radius), min(size, int(y) + radius + 2)
-        if xa >= xb or ya >= yb:
-            continue
-        g = np.exp(-((xs[ya:yb, xa:xb] - x) ** 2 + (ys[ya:yb, xa:xb] - y) ** 2) / (2 * sigma**2))
-        heat[ya:yb, xa:xb] = np.maximum(heat[ya:yb, xa:xb], g)
-    return heat
-
-
 def four_channel(state: dict[str, Any], params: dict[str, Any], folder: Path) -> dict[str, Any]:
     sigma = float(params.get("sigma", 3.0))
     faces = state["face_images"]
@@ -413,14 +262,14 @@ def four_channel(state: dict[str, Any], params: dict[str, Any], folder: Path) ->
     return {"four_channel": out}
 
 
-STAGES = {
-    "raw_tensors": StageSpec(raw_tensors, makes=("images",)),
-    "mtcnn_boxes": StageSpec(mtcnn_boxes, needs=("images",), makes=("boxes",), version=2),
-    "full_frame_boxes": StageSpec(full_frame_boxes, needs=("images",), makes=("boxes",)),
-    "enhanced_tensors": StageSpec(enhanced_tensors, needs=("images",), makes=("enhanced",), version=2),
-    "landmarks": StageSpec(landmarks, needs=("images", "boxes"), makes=("landmarks",), version=2),
-    "crop_resize": StageSpec(crop_resize, needs=("images", "boxes"), makes=("face_images",)),
-    "four_channel": StageSpec(four_channel, needs=("face_images", "landmarks"), makes=("four_channel",)),
-}
+STAGES = {stage.name: stage for stage in (
+    Stage("raw_tensors", raw_tensors, makes=("images",)),
+    Stage("mtcnn_boxes", mtcnn_boxes, needs=("images",), makes=("boxes",), version=2),
+    Stage("full_frame_boxes", full_frame_boxes, needs=("images",), makes=("boxes",)),
+    Stage("enhanced_tensors", enhanced_tensors, needs=("images",), makes=("enhanced",), version=2),
+    Stage("landmarks", landmarks, needs=("images", "boxes"), makes=("landmarks",), version=2),
+    Stage("crop_resize", crop_resize, needs=("images", "boxes"), makes=("face_images",)),
+    Stage("four_channel", four_channel, needs=("face_images", "landmarks"), makes=("four_channel",)),
+)}
 # stage names of runs saved before a rename
 STAGE_ALIASES = {"adjusted_dataset": "crop_resize"}

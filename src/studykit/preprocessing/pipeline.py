@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from studykit.data.cache import cached_build, load_cached
 from studykit.utils.io import atomic_torch_save, code_fingerprint, config_hash
@@ -24,30 +25,24 @@ StageFn = Callable[[dict[str, Any], dict[str, Any], Path], dict[str, Any]]
 
 
 @dataclass(frozen=True)
-class StageSpec:
-    """A preprocessing stage as the pipeline knows it: its function, what it reads from the state and adds to
-    it (a configured order is checked before anything runs), its version (bump when a change of output is
-    not visible in its code, e.g. a library update) and the fingerprint of its code (by default, computed)."""
+class Stage:
+    """A preprocessing stage: its name, its function, what it reads from the state and adds to it (a configured
+    order is checked before anything runs), its version (bump when a change of output is not visible in its
+    code, e.g. a library update), the fingerprint of its code (by default computed, following every project
+    function it calls) and, once configured, its parameters. The cache key is all of these and the upstream."""
 
+    name: str
     fn: StageFn
     needs: tuple[str, ...] = ()
     makes: tuple[str, ...] = ()
     version: int = 1
     code: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    output: str = ""  # the .pt file the outputs are saved to (default: <name>.pt)
 
     def __post_init__(self) -> None:
         if not self.code:
             object.__setattr__(self, "code", code_fingerprint(self.fn))
-
-
-@dataclass
-class Stage:
-    name: str
-    fn: StageFn
-    params: dict[str, Any] = field(default_factory=dict)
-    output: str = ""  # the .pt file the outputs are saved to (default: <name>.pt)
-    version: int = 1  # bump when the stage's output changes without its code changing
-    code: str = ""  # fingerprint of the stage's code: part of the cache key
 
     @property
     def filename(self) -> str:

@@ -1,16 +1,19 @@
 """The task layer: one `Task` per kind of study, registered by name, that `train.py`, `evaluate.py`,
 `predict.py` and `export.py` look up instead of inspecting class names.
 
-A task owns its LightningModule (by class path), the data modules and losses it accepts, prediction on a
-test split (with flip TTA), its metrics, the files of a test report, and the one-line summary printed at
-the end of a command. Everything an evaluation mode needs beyond that (ensembles, sweep summaries, paired
-tests) is generic and lives in `studykit.evaluation.runner`.
+A task owns its study: its LightningModule (by class path, which only trains and logs), the data modules and
+losses it accepts, its primary metric (which early stopping and checkpoints monitor, see
+`studykit.config.task_monitor`), prediction on a test split (with flip TTA), its metrics, the files of a test
+report, the one-line summary printed at the end of a command, prediction on new images and what an exported
+model needs beside it. Everything an evaluation mode needs beyond that (ensembles, sweep summaries, paired
+tests) is generic and lives in `studykit.evaluation.runner`; predict.py and export.py are generic loops too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 from hydra.utils import get_class
@@ -37,6 +40,8 @@ class Task:
     primary_metric: dict[str, str] = {}
     # what per-sample score test_per_sample.csv holds (paired tests compare it)
     per_sample_name: str = ""
+    # what the exported network outputs (preprocessing.json)
+    output_description: str = ""
 
     # ---- prediction and scoring ------------------------------------------------------------------------
     def predict(self, run: TestRun, tta: bool) -> torch.Tensor:
@@ -63,9 +68,7 @@ class Task:
 
     # ---- files ----------------------------------------------------------------------------------------
     def prediction_files(self, pred: torch.Tensor, run: TestRun) -> dict[str, str]:
-        """test_predictions.csv and test_per_sample.csv (file name -> text) for `pred`, the first len(pred)
-        test samples (a run tested under trainer.limit_test_batches covers part of the split). Written by
-        training's test report and by every evaluation mode."""
+        """test_predictions.csv and test_per_sample.csv (file name -> text) for `pred` on the test split."""
         raise NotImplementedError
 
     def write(self, out_dir: Path, pred: torch.Tensor, run: TestRun, report: dict[str, Any], title: str,
@@ -74,6 +77,19 @@ class Task:
         raise NotImplementedError
 
     def summary_line(self, report: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    # ---- new images and exported models ---------------------------------------------------------------
+    def predict_new(self, request: Any) -> dict[str, Any]:
+        """predict.py: the request's images (`studykit.inference.inputs.PredictRequest`) preprocessed as the run
+        was trained, predicted by its networks (mean over an ensemble, flip TTA on request); writes
+        predictions.csv (a row per image or face, unreadable ones with a status and a reason) into request.out
+        and returns counts and the predictions tensor."""
+        raise NotImplementedError
+
+    def export_constants(self, cfg: DictConfig) -> dict[str, Any]:
+        """export.py: what preprocessing.json says beyond input size, statistics and channels (names, the
+        grey size and enhancement, the face pipeline)."""
         raise NotImplementedError
 
     # ---- config checks --------------------------------------------------------------------------------

@@ -4,8 +4,9 @@ t-SNE map of the learned embeddings coloured by majority class."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -13,13 +14,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
+from studykit.builders import normalization  # noqa: E402
 from studykit.evaluation.files import distribution_predictions_csv, per_sample_csv  # noqa: E402
 from studykit.evaluation.plots import gallery  # noqa: E402
+from studykit.inference.inputs import OK, PredictRequest, read_grey_inputs  # noqa: E402
 from studykit.metrics.distribution import DistributionMetrics, distribution_markdown  # noqa: E402
 from studykit.tasks.base import Task, TestRun, register_task  # noqa: E402
 from studykit.tasks.classification import predict_probs  # noqa: E402
-from studykit.utils.io import atomic_save_figure, atomic_write_text  # noqa: E402
+from studykit.utils.io import atomic_save_figure, atomic_write_text, csv_text  # noqa: E402
 
 
 @torch.no_grad()
@@ -88,12 +93,13 @@ class DistributionTask(Task):
     datamodule_classes = ("studykit.data.distribution_datamodule.DistributionDataModule",)
     primary_metric = {"name": "kl", "mode": "min"}
     per_sample_name = "kl"
+    output_description = "(N, C) logits over `classes`; softmax for the predicted distribution"
 
     def predict(self, run: TestRun, tta: bool) -> torch.Tensor:
         return predict_probs(run.module, run.test_loader(), tta)
 
     def _metric(self, pred: torch.Tensor, run: TestRun) -> DistributionMetrics:
-        metric = DistributionMetrics(run.datamodule.classes)
+        metric = DistributionMetrics(run.datamodule.classes, sync_on_compute=False)
         metric.update(pred, run.test_set.distribution)
         return metric
 
@@ -106,10 +112,8 @@ class DistributionTask(Task):
     def prediction_files(self, pred: torch.Tensor, run: TestRun) -> dict[str, str]:
         test, n = run.test_set, len(pred)
         ids, target = list(test.image_id)[:n], test.distribution[:n]
-        metric = DistributionMetrics(run.datamodule.classes)
-        metric.update(pred, target)
         return {"test_predictions.csv": distribution_predictions_csv(pred, target, ids, run.datamodule.classes),
-                "test_per_sample.csv": per_sample_csv(ids, metric.scores()["kl"].tolist(), self.per_sample_name)}
+                "test_per_sample.csv": per_sample_csv(ids, self.per_sample(pred, run), self.per_sample_name)}
 
     def write(self, out_dir: Path, pred: torch.Tensor, run: TestRun, report: dict[str, Any], title: str,
               visualize: bool, options: dict[str, Any], n_samples: int = 6, n_worst: int = 16, tsne_max: int = 2000) -> None:
@@ -136,3 +140,33 @@ class DistributionTask(Task):
         return (f"{report.get('split', 'test')} KL {report['kl']:.4f}, TVD {report['tvd']:.4f}, EMD {report['emd']:.4f}, "
                 f"accuracy "
                 f"{report['accuracy']:.3f} on {report['n_samples']} samples")
+
+    # ---- new images -----------------------------------------------------------------------------------
+    def predict_new(self, request: PredictRequest) -> dict[str, Any]:
+        """Each image grey and resized as the run's cache was; the predicted distribution and its majority class."""
+        from studykit.data.distribution_datamodule import DistributionDataset
+
+        data = OmegaConf.to_container(request.run_cfg.data, resolve=True)
+        classes = list(request.run_cfg.task.module.classes)
+        rows, tensors = read_grey_inputs(request.files, {"image_size": data["prepare"]["image_size"]})
+        n = tensors["images"].shape[0]
+        probs = torch.zeros(0, len(classes))
+        if n:
+            tensors["distribution"] = torch.zeros(n, len(classes))
+            dataset = DistributionDataset(tensors, int(data["input_size"]), False, {}, *normalization(request.run_cfg))
+            loader = DataLoader(dataset, batch_size=int(request.options.batch_size), shuffle=False)
+            probs = predict_probs(request.nets, loader, bool(request.options.tta))
+        header = ["file", "width", "height", "status", "reason", "majority", *[f"p_{c}" for c in classes]]
+        lines, j = [], 0
+        for row in rows:
+            if row["status"] == OK:
+                p = probs[j]
+                j += 1
+                lines.append([row["file"], row["width"], row["height"], OK, "", classes[int(p.argmax())], *[f"{v:.6f}" for v in p.tolist()]])
+            else:
+                lines.append([row["file"], "", "", row["status"], row["reason"], "", *[""] * len(classes)])
+        atomic_write_text(request.out / "predictions.csv", csv_text(header, lines))
+        return {"task": self.name, "images": len(rows), "predicted": n, "predictions": probs}
+
+    def export_constants(self, cfg: DictConfig) -> dict[str, Any]:
+        return {"classes": list(cfg.task.module.classes), "grey_image_size": int(cfg.data.prepare.image_size)}

@@ -72,7 +72,7 @@ class LossHistory(L.Callback):
         self.stage = "train"
         self.rows: list[dict] = []
 
-    def bind(self, run_dir: str | Path, stage: str) -> "LossHistory":
+    def bind(self, run_dir: str | Path, stage: str) -> LossHistory:
         self.path = Path(run_dir) / self.filename
         self.stage = stage
         if self.path.is_file() and not self.rows:

@@ -1,4 +1,5 @@
-"""Compose-and-run logic behind `train.py` and `evaluate.py`: one loop for every task and phase plan."""
+"""`train.py`: one loop for every task and phase plan - stages, checkpoints, resume - then the test of the best
+weights through the evaluation code (`studykit.evaluation.runner`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import logging
 import resource
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import lightning as L
@@ -16,14 +16,14 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from studykit.builders import build_datamodule, build_module, fill_from_data
 from studykit.config import check_pairing, resumed_run_dir
 from studykit.data.base import fits_on_val
-from studykit.tasks import task_of
+from studykit.evaluation.runner import LoadedRun, default_folder, evaluate_loaded
 from studykit.training.callbacks import AtomicCheckpointIO, LossHistory, stage_seconds
 from studykit.utils.io import (
     TruncatedFileError,
     atomic_write_json,
-    atomic_write_text,
     guard_outputs,
     previous_copy,
     safe_torch_load,
@@ -31,53 +31,6 @@ from studykit.utils.io import (
 from studykit.utils.run_info import save_run_info
 
 log = logging.getLogger(__name__)
-
-
-def normalization(cfg: DictConfig) -> tuple[list[float], list[float]]:
-    """The input mean and std of the run's backbone: the model owns normalisation (model.input_mean/std)."""
-    return list(cfg.model.input_mean), list(cfg.model.input_std)
-
-
-def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    """The data module, normalising images as the model asks (the data config holds no statistics)."""
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    for key in ("mean", "std"):  # runs saved before the model owned normalisation have them in data
-        data.pop(key, None)
-    if "model" not in cfg:  # prepare.py: building the cache needs no normalisation
-        return instantiate(data)
-    mean, std = normalization(cfg)
-    return instantiate(data, mean=mean, std=std)
-
-
-DATA_FILLED = ("num_classes", "classes", "in_chans", "num_landmarks", "categories")
-
-
-def fill_from_data(cfg: DictConfig, datamodule: L.LightningDataModule) -> None:
-    """Set what the task leaves open (???), such as the number of classes, from the prepared data, so the
-    saved config holds the real values."""
-    for key in DATA_FILLED:
-        if key in cfg.task.module.keys() and OmegaConf.is_missing(cfg.task.module, key):
-            cfg.task.module[key] = getattr(datamodule, key)
-
-
-def build_module(cfg: DictConfig, datamodule: L.LightningDataModule | None = None) -> L.LightningModule:
-    """The task's LightningModule with its loss, laid out and compiled as `hardware` says. What the task
-    leaves open (???) comes from `datamodule` when given (train.py fills it before saving the config)."""
-    if datamodule is not None:
-        fill_from_data(cfg, datamodule)
-    loss = instantiate(cfg.loss, _convert_="all")
-    module = instantiate(cfg.task.module, loss=loss)
-    apply_hardware(module, cfg.get("hardware") or {})
-    return module
-
-
-def apply_hardware(module: L.LightningModule, hardware: DictConfig | dict) -> None:
-    """hardware.channels_last: weights and batches in NHWC; hardware.compile: torch.compile the network in
-    place (its state_dict keys stay the same, so checkpoints load either way)."""
-    if hardware.get("channels_last", False):
-        module.use_channels_last(True)
-    if hardware.get("compile", False):
-        module.net.compile()
 
 
 STAGE_KEYS = ("epochs", "freeze_backbone", "optimizer")
@@ -103,7 +56,7 @@ def stage_plan(cfg: DictConfig) -> list[tuple[str, dict[str, Any]]]:
 
 def build_loggers(cfg: DictConfig, stage: str) -> list:
     loggers = []
-    for name, spec in (cfg.get("logger") or {}).items():
+    for spec in (cfg.get("logger") or {}).values():
         if spec is None or "_target_" not in spec:
             continue
         if spec._target_.endswith("WandbLogger"):
@@ -273,26 +226,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         }
     summary["memory"] = peak_memory_mb()
 
-    if cfg.get("test", True):
+    if cfg.get("test", True) and rank_zero_only.rank == 0:
         if best_path:
             load_weights(module, best_path)
-        summary["test"] = test_and_report(cfg, module, datamodule, run_dir, checkpoint=best_path)
-        if cfg.get("test_tta") and rank_zero_only.rank == 0:
-            summary["test_tta"] = test_with_tta(run_dir)
+        # the test goes through evaluate.py's own code (the task's prediction, metrics and files), on the
+        # weights in memory: the same report as `evaluate.py run_dir=<this run>`
+        run = LoadedRun.from_training(run_dir, cfg, module, datamodule, best_path)
+        summary["test"] = evaluate_loaded(run, tta=False, out_dir=run_dir, title=f"Test report: {cfg.get('run_name')}")
+        print_result(summary["test"], "", run_dir / "test_report.md")
+        if cfg.get("test_tta"):
+            out = run_dir / default_folder("evaluation", True, "test")
+            summary["test_tta"] = evaluate_loaded(run, tta=True, out_dir=out)
+            print_result(summary["test_tta"], f"with TTA ({summary['test_tta']['tta_views']}) ", out / "test_report.md")
     summary["memory"] = peak_memory_mb()
     if rank_zero_only.rank == 0:
         atomic_write_json(run_dir / "train_summary.json", summary)
     return summary
-
-
-def test_with_tta(run_dir: Path) -> dict[str, Any]:
-    """The run's tested weights again with TTA (flip, and the task's other views), by evaluate.py's code:
-    <run>/evaluation_tta/."""
-    from studykit.evaluation.runner import default_folder, evaluate_single
-
-    report = evaluate_single(run_dir, tta=True)
-    print_result(report, f"with TTA ({report['tta_views']}) ", run_dir / default_folder("evaluation", True, "test") / "test_report.md")
-    return report
 
 
 def print_result(report: dict[str, Any], label: str, path: Path) -> None:
@@ -301,47 +250,3 @@ def print_result(report: dict[str, Any], label: str, path: Path) -> None:
     median = f", median {report['median_px']:.2f} px" if "median_px" in report else ""
     samples = report.get("n_images", report.get("n_samples", -1))
     print(f"test {primary} {label}{report[primary]:.4f}{median} on {samples} samples; report: {path}", flush=True)
-
-
-def test_and_report(
-    cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule, out_dir: Path, checkpoint: str | None
-) -> dict[str, Any]:
-    """Test `module` and write test_report.json, test_report.md and the module's files into out_dir."""
-    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    # under DDP every rank tests the whole split (no distributed sampler, metrics not synced), so the
-    # report is exact and rank 0 writes it
-    trainer = L.Trainer(
-        accelerator=trainer_kwargs["accelerator"],
-        devices=trainer_kwargs["devices"],
-        num_nodes=trainer_kwargs.get("num_nodes", 1),
-        strategy=trainer_kwargs.get("strategy", "auto"),
-        precision=trainer_kwargs["precision"],
-        use_distributed_sampler=False,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_test_batches=trainer_kwargs.get("limit_test_batches") or 1.0,
-        default_root_dir=str(out_dir),
-    )
-    trainer.test(module, datamodule=datamodule, verbose=False)
-    metrics = module.test_report()
-    if not trainer.is_global_zero:
-        return metrics
-    report = {
-        "run_name": cfg.get("run_name"),
-        "checkpoint": checkpoint,
-        "seed": cfg.get("seed"),
-        "model": cfg.model.backbone.name,
-        "task": task_of(cfg).name,
-        "loss": cfg.loss.get("_target_"),
-        **metrics,
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "test_report.json", report)
-    atomic_write_text(out_dir / "test_report.md", module.test_markdown(metrics, f"Test report: {cfg.get('run_name')}"))
-    # the task writes the prediction files, as every evaluation mode does; it reads what a loaded run offers
-    trained = SimpleNamespace(module=module, datamodule=datamodule, test_set=datamodule.test_set)
-    for name, content in task_of(cfg).prediction_files(module.test_outputs(), trained).items():
-        atomic_write_text(out_dir / name, content)
-    print_result(report, "", out_dir / "test_report.md")
-    return report

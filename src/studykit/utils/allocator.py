@@ -4,9 +4,8 @@ Why: a training step allocates activations of tens of MB (at batch 16 the recipe
 holds 78 MB tensors). glibc serves every block above its mmap threshold (128 kB, rising to at most 32 MB) from a
 fresh mmap and unmaps it on free, so each step page-faults its working set in again, zero-filling 4 kB at a time.
 Keeping freed memory in the heap (`mmap_max=0`, a high `trim_threshold`) and backing the heap with transparent huge
-pages (`hugetlb=1`) removes those faults: for the chest X-ray recipe on two cores, 1.31x faster training steps and
-1.19x faster epochs (benchmarks/malloc_tuning.py, BENCHMARKS.md). glibc reads its tunables only when a process starts, hence the
-re-exec; it happens before torch is imported, so it costs a fraction of a second.
+pages (`hugetlb=1`) removes those faults (benchmarks/malloc_tuning.py measures the gain). glibc reads its tunables only
+when a process starts, hence the re-exec; it happens before torch is imported, so it costs a fraction of a second.
 
 `STUDYKIT_MALLOC_TUNING=0` turns it off; tunables already in `GLIBC_TUNABLES` keep the user's values.
 """

@@ -9,16 +9,16 @@ import inspect
 import io
 import json
 import os
-import sys
 import shutil
+import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-
 
 _READ_ONLY_ROOTS: set[Path] = set()
 

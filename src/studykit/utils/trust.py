@@ -17,7 +17,8 @@ Anything else is refused by name, with the key that holds it, before any module 
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
