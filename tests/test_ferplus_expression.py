@@ -15,7 +15,7 @@ from tests.conftest import DATA_ROOT, compose_cfg, train_and_evaluate
 
 FERPLUS = DATA_ROOT / "ferplus" / "data"
 EMOTIONS = list(RAW_CLASSES[:8])
-TINY_FERPLUS = ["experiment=ferplus_expression", "data.prepare.limit_per_split={train:48,val:16,test:16}",
+TINY_FERPLUS = ["experiment=ferplus_expression", "data.prepare.limit_per_split={train:48,val:16,test:16}", "data.train_target=majority",
                 "data.input_size=32", "data.batch_size=16", "callbacks.progress=null", "trainer.enable_model_summary=false"]
 
 
