@@ -46,7 +46,7 @@ FAILURE_NME = 0.10
 ENHANCE = {"clip_limit": 2.0, "tile_grid": 8, "amount": 1.0, "radius": 2.0}
 # (name, image, box, fallback)
 VARIANTS = [
-    ("enhanced_refine_mtcnn_fallback", "enhanced", "refine", "mtcnn"),  # the configuration before this benchmark
+    ("enhanced_refine_mtcnn_fallback", "enhanced", "refine", "mtcnn"),  # predictor on the enhanced image
     ("raw_refine_mtcnn_fallback", "raw", "refine", "mtcnn"),
     ("raw_refine_mapped_fallback", "raw", "refine", "mapped"),
     ("raw_mapped", "raw", "mapped", "mapped"),

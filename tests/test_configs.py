@@ -105,7 +105,10 @@ def valid_losses(data: str) -> list[str]:
                                                           {"complete": {"landmarks"}, "kl_l1": {"distribution"}}[loss])]
 
 
-COMBINATIONS = [(d, m, loss) for d in choices("data") for m in choices("model") for loss in valid_losses(d)]
+# every model and every valid loss of each data set, each built with every phase: models and losses are
+# independent of each other, so each model is built with one loss and each loss on one model
+COMBINATIONS = sorted({(d, m, valid_losses(d)[0]) for d in choices("data") for m in choices("model")}
+                      | {(d, choices("model")[0], loss) for d in choices("data") for loss in valid_losses(d)})
 
 
 def filled(cfg, datamodule) -> None:

@@ -332,7 +332,7 @@ def _build_once(args):
     def build(folder: Path) -> dict:
         with open(log, "a") as fh:
             fh.write(f"{os.getpid()}\n")
-        time.sleep(1.0)  # a slow build: the other process arrives while it runs
+        time.sleep(0.5)  # a slow build: the other process arrives while it runs
         atomic_torch_save({"x": torch.arange(5)}, folder / "train.pt")
         return {}
 
@@ -359,7 +359,7 @@ def test_two_processes_on_a_cold_cache_build_once_and_a_forced_rebuild_waits_for
         assert [v for _, v in results] == [[0, 1, 2, 3, 4]] * 2 and len(log.read_text().split()) == 1
         folder = next(p for p in (tmp_path / "cache").iterdir() if p.is_dir())
         started = tmp_path / "started"
-        reader = pool.apply_async(_hold_while_loading, ((folder, started, 2.0),))
+        reader = pool.apply_async(_hold_while_loading, ((folder, started, 1.0),))
         while not started.exists():
             time.sleep(0.05)
         rebuilt = cached_build(tmp_path / "cache", {"data": "same"},
