@@ -2,6 +2,7 @@
 selectable stages (full-frame boxes, no detector), folder splits, and a short training run."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -147,3 +148,30 @@ def test_ferplus_expression_trains_on_the_votes(tmp_path, shared_cache):
 
     with pytest.raises(ValueError, match="needs the annotators' votes"):
         FaceDataset(data.images[:2], data.labels[:2], data.image_id[:2], 32, True, {}, [0.5] * 3, [0.5] * 3, target="sample")
+
+
+def test_the_vote_tables_are_listed_once_per_process_while_unchanged(tmp_path, monkeypatch):
+    import studykit.data.ferplus as ferplus
+
+    splits = {"train": "data/FER2013Train", "val": "data/FER2013Valid", "test": "data/FER2013Test"}
+    for rel in splits.values():
+        folder = tmp_path / rel
+        folder.mkdir(parents=True)
+        rows = (FERPLUS.parent / rel / "label.csv").read_text().splitlines()[:12]
+        (folder / "label.csv").write_text("\n".join(rows) + "\n")
+        for row in rows:
+            shutil.copy(FERPLUS.parent / rel / row.split(",")[0], folder)
+    prepare = {"splits": splits, "classes": "emotions8"}
+    calls = []
+    parse = ferplus.parse_label_csv
+    monkeypatch.setattr(ferplus, "parse_label_csv", lambda *a, **k: calls.append(a[0]) or parse(*a, **k))
+    first = ferplus.ferplus_source(tmp_path, prepare)
+    again = ferplus.ferplus_source(tmp_path, prepare)
+    assert len(calls) == 3 and again.paths == first.paths and again.excluded == first.excluded
+    again.paths.clear()  # each caller gets its own lists
+    assert ferplus.ferplus_source(tmp_path, prepare).paths == first.paths and len(calls) == 3
+    # an edited vote table is read again
+    table = tmp_path / splits["test"] / "label.csv"
+    table.write_text("\n".join(table.read_text().splitlines()[:6]) + "\n")
+    edited = ferplus.ferplus_source(tmp_path, prepare)
+    assert len(calls) == 6 and edited.splits.count("test") < first.splits.count("test")

@@ -23,7 +23,7 @@ from studykit.data.cache import CacheStatus, cached_build
 from studykit.data.images import Issue, read_grey
 from studykit.data.paths import UnsafePathError, data_root, relative_posix, safe_join
 from studykit.preprocessing.run import Source
-from studykit.utils.io import atomic_torch_save, atomic_write_json, code_fingerprint, sha256_file
+from studykit.utils.io import atomic_torch_save, atomic_write_json, code_fingerprint, config_hash, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -199,16 +199,33 @@ def prepare_ferplus(
 
 
 # ---- the face pipeline's source: FER+ faces labelled by the majority rule -------------------------------
+_LISTED: dict[str, Source] = {}
+
+
 def ferplus_source(root: Path, prepare: dict[str, Any]) -> Source:
     """FER+ faces labelled by Microsoft's majority rule over each split folder's label.csv; faces with no
-    majority, or whose majority is unknown / not-a-face, and files listed in `exclude` are left out and recorded."""
+    majority, or whose majority is unknown / not-a-face, and files listed in `exclude` are left out and recorded.
+    Listing reads every row of the vote tables (35,710, with a check of each file): a process that loads several
+    runs of one data set (an ensemble, a sweep) lists it once, for as long as the vote tables are unchanged."""
+    folders = split_folders(root, prepare["splits"], prepare.get("label_file", "label.csv"))
+    tables = [(str(f), (f / prepare.get("label_file", "label.csv")).stat()) for f in folders.values()]
+    key = config_hash({"root": str(root), "prepare": prepare,
+                       "tables": [(name, st.st_mtime_ns, st.st_size) for name, st in tables]})
+    if key not in _LISTED:
+        _LISTED[key] = _list_ferplus(root, prepare, folders)
+    listed = _LISTED[key]
+    return Source(list(listed.paths), list(listed.labels), list(listed.subjects), list(listed.splits),
+                  list(listed.excluded), list(listed.votes))
+
+
+def _list_ferplus(root: Path, prepare: dict[str, Any], folders: dict[str, Path]) -> Source:
     raw = list(prepare.get("raw_classes", RAW_CLASSES))
     classes = resolve_classes(prepare.get("classes", "emotions8"), raw)
     exclude = {str(e) for e in prepare.get("exclude") or []}
     limits = dict(prepare.get("limit_per_split") or {})
     label_file = prepare.get("label_file", "label.csv")
     src = Source([], [], [], [])
-    for split, folder in split_folders(root, prepare["splits"], label_file).items():
+    for split, folder in folders.items():
         _, paths, votes, issues = parse_label_csv(folder / label_file, folder, len(raw), split)
         src.excluded += [{"path": i.file + (f":{i.line}" if i.line else ""), "split": split, "reason": i.reason} for i in issues]
         labels, reasons = majority_labels(votes, raw, classes)
