@@ -69,21 +69,38 @@ def _temp_beside(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write via a temp file in the same folder, then rename: readers never see a partial file."""
+@contextmanager
+def _replacing(path: str | os.PathLike, keep_previous: bool = False):
+    """A binary file handle on a temp file beside `path` (the final rename never crosses filesystems), with the
+    usual mode; on a clean exit it is fsynced and renamed over `path`, so readers never see a partial file. With
+    `keep_previous` the file it replaces stays as `<name>.prev`, hard-linked first so `path` never goes missing."""
     path = check_writable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        if keep_previous and path.is_file():
+            prev, prev_tmp = previous_copy(path), f"{tmp}.prev"
+            try:
+                os.link(path, prev_tmp)
+                os.replace(prev_tmp, prev)
+            except OSError:  # a filesystem without hard links: a copy
+                shutil.copy2(path, prev)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for leftover in (tmp, f"{tmp}.prev"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write via a temp file in the same folder, then rename: readers never see a partial file."""
+    with _replacing(path) as fh:
+        fh.write(data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -147,29 +164,9 @@ def previous_copy(path: str | os.PathLike) -> Path:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike, keep_previous: bool = False) -> None:
     """torch.save via a temp file in the target's folder, fsynced, then renamed over the target. With
-    `keep_previous` the file it replaces stays as `<name>.prev` (hard-linked first, so the target never goes
-    missing): a resume point with a fallback."""
-    path = check_writable(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if keep_previous and path.is_file():
-            prev, prev_tmp = previous_copy(path), f"{tmp}.prev"
-            try:
-                os.link(path, prev_tmp)
-                os.replace(prev_tmp, prev)
-            except OSError:  # a filesystem without hard links: a copy
-                shutil.copy2(path, prev)
-        os.replace(tmp, path)
-    except BaseException:
-        for leftover in (tmp, f"{tmp}.prev"):
-            if os.path.exists(leftover):
-                os.unlink(leftover)
-        raise
+    `keep_previous` the file it replaces stays as `<name>.prev`: a resume point with a fallback."""
+    with _replacing(path, keep_previous) as fh:
+        torch.save(obj, fh)
 
 
 class TruncatedFileError(RuntimeError):
