@@ -2,6 +2,7 @@
 
     python evaluate.py run_dir=outputs/<run>/<time> [tta=true] [visualize=true]
     python evaluate.py ensemble=multirun/<time> [tta=true] [visualize=true]
+    python evaluate.py folds=multirun/<time> [tta=true]
     python evaluate.py sweep=multirun/<time>
     python evaluate.py compare=[<run A>,<run B>]
 """

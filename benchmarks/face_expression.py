@@ -60,7 +60,7 @@ def train_folds(args) -> None:
     folds = entry["folds"]
     n_folds = 5
     for fold in (int(f) for f in args.train_folds.split(",")):
-        run = run_train([*overrides, f"data.test_fold={fold}", f"data.val_fold={(fold + 1) % n_folds}", "seed=42", *args.extra],
+        run = run_train([*overrides, f"data.fold={fold}", "seed=42", *args.extra],
                         RUNS / f"jaffe-{variant}-fold{fold}")
         rep = run["report"]
         stages = run["summary"]["stages"]

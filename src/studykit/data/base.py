@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, WeightedRandomSampler
 
 from studykit.data.cache import CacheStatus, load_cached, read_manifest
+from studykit.data.folds import SPLITS, fold_masks, fold_roles, group_folds, random_split
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,73 @@ def fits_on_val(cfg: Any) -> bool:
     return "val" in list(OmegaConf.select(cfg, "data.fit_splits", default=None) or ["train"])
 
 
+def subset(tensors: dict[str, Any], idx: Sequence[int] | np.ndarray) -> dict[str, Any]:
+    """The items `idx` of a split's tensors: per-item tensors and lists are indexed, the rest (class names) kept."""
+    idx = np.asarray(idx, dtype=np.int64)
+    n = items_in(tensors)
+    out = {}
+    for key, value in tensors.items():
+        if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == n:
+            out[key] = value[torch.from_numpy(idx)]
+        elif isinstance(value, list) and len(value) == n and key not in ("categories", "classes"):
+            out[key] = [value[i] for i in idx]
+        else:
+            out[key] = value
+    return out
+
+
+def concat(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Several splits' tensors as one (the inverse of `subset`): per-item values joined, the rest from the first."""
+    sizes = [items_in(p) for p in parts]
+    out = {}
+    for key, value in parts[0].items():
+        if isinstance(value, torch.Tensor) and value.ndim and all(p[key].shape[0] == n for p, n in zip(parts, sizes)):
+            out[key] = torch.cat([p[key] for p in parts])
+        elif isinstance(value, list) and key not in ("categories", "classes") and all(len(p[key]) == n for p, n in zip(parts, sizes)):
+            out[key] = [v for p in parts for v in p[key]]
+        else:
+            out[key] = value
+    return out
+
+
+def items_in(tensors: dict[str, Any]) -> int:
+    return int(tensors["images"].shape[0])
+
+
+SPLIT_BY = ("given", "random", "folds")
+
+
+def cut_splits(tensors: dict[str, Any], split_by: str, fold: int, n_folds: int, val_fraction: float, test_fraction: float,
+               split_seed: int, where: str) -> dict[str, dict[str, Any]]:
+    """train / val / test from a cache's `all.pt`: the splits its annotation files or lists gave (`given`; with no
+    validation given, `val_fraction` of the training groups, drawn with `split_seed`), a
+    seeded random split (`random`), or cross-validation fold `fold` of `n_folds` seeded folds (`folds`); every
+    sample of one group (an image file) in one split."""
+    groups = list(tensors["group"])
+    if split_by == "given":
+        tags = np.asarray(tensors["split"])
+        unknown = sorted(set(tags.tolist()) - set(SPLITS))
+        if unknown:
+            raise ValueError(f"{where}: samples carry splits {unknown}; split_by=given needs every sample in train, val or "
+                             "test (annotation files or lists per split), or use split_by=random or folds")
+        if not (tags == "val").any() and val_fraction > 0:  # no validation given: a seeded fraction of the training groups
+            train_groups = [g for g, t in zip(groups, tags) if t == "train"]
+            carved = random_split(train_groups, val_fraction, 0.0, split_seed)
+            tags = np.asarray(["val" if t == "train" and carved[g] == "val" else t for g, t in zip(groups, tags)])
+        masks = {name: tags == name for name in SPLITS}
+    elif split_by == "random":
+        split_of = random_split(groups, val_fraction, test_fraction, split_seed)
+        tags = np.asarray([split_of[g] for g in groups])
+        masks = {name: tags == name for name in SPLITS}
+    elif split_by == "folds":
+        test, val = fold_roles(fold, n_folds)
+        fold_of = group_folds(groups, n_folds, seed=split_seed)
+        masks = fold_masks([fold_of[g] for g in groups], test, val)
+    else:
+        raise ValueError(f"data.split_by must be one of {SPLIT_BY}, got {split_by!r}")
+    return {name: subset(tensors, np.flatnonzero(mask)) for name, mask in masks.items()}
+
+
 def _worker_init(worker_id: int) -> None:
     info = torch.utils.data.get_worker_info()
     info.dataset.reseed(info.seed % 2**32)
@@ -73,7 +141,8 @@ def _worker_init(worker_id: int) -> None:
 
 class CachedDataModule(L.LightningDataModule):
     """Subclasses implement `build_cache()` (returns the CacheStatus of their preparation function) and
-    `dataset(split, train)`; splits are loaded from `<cache folder>/<split>.pt` with weights_only=True.
+    `dataset(split, train)`; splits are loaded from `<cache folder>/<split>.pt` with weights_only=True, or cut
+    from `<cache folder>/all.pt` by `split_by` (given, random, folds with `fold` k of `n_folds`; `cut_splits`).
 
     fit_splits: the splits trained on, [train] by default. [train, val] refits a recipe chosen on validation
     on both splits (more images, no held-out split left: the trainer then skips validation, see
@@ -81,8 +150,15 @@ class CachedDataModule(L.LightningDataModule):
 
     def __init__(self, name: str, root: str, cache_dir: str, prepare: dict[str, Any], batch_size: int, num_workers: int,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, seed: int = 0,
-                 balanced_sampling: bool = False, fit_splits: Sequence[str] = ("train",)):
+                 balanced_sampling: bool = False, fit_splits: Sequence[str] = ("train",), split_by: str = "given",
+                 fold: int = 0, n_folds: int = 5, val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0):
         super().__init__()
+        if split_by not in SPLIT_BY:
+            raise ValueError(f"data.split_by must be one of {SPLIT_BY}, got {split_by!r}")
+        self.split_by, self.fold, self.n_folds = split_by, int(fold), int(n_folds)
+        self.val_fraction, self.test_fraction, self.split_seed = float(val_fraction), float(test_fraction), int(split_seed)
+        if split_by == "folds":
+            fold_roles(fold, n_folds)  # a bad fold is refused before any preparation
         self.name = name
         self.root = root
         self.cache_dir = cache_dir
@@ -118,7 +194,12 @@ class CachedDataModule(L.LightningDataModule):
         if split not in self.splits:
             if self.cache_folder is None:
                 self.prepare_data()
-            tensors = load_cached(self.cache_folder, f"{split}.pt")
+            if (self.cache_folder / "all.pt").is_file():  # one file of every sample, cut here (folds, random splits)
+                cut = cut_splits(load_cached(self.cache_folder, "all.pt"), self.split_by, self.fold, self.n_folds, self.val_fraction,
+                                 self.test_fraction, self.split_seed, f"{self.name} ({self.cache_folder})")
+                for name, part in cut.items():
+                    self.splits.setdefault(name, part)
+            tensors = self.splits[split] if split in self.splits else load_cached(self.cache_folder, f"{split}.pt")
             if tensors["images"].shape[0] == 0:
                 raise RuntimeError(f"split {split!r} in {self.cache_folder} holds no images; see report.json there")
             self.splits[split] = tensors

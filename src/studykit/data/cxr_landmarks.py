@@ -14,17 +14,14 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
-import torch
-from tqdm import tqdm
 
 from studykit.data.cache import CacheStatus, cached_build
-from studykit.data.images import Issue, enhance_clahe, read_grey
+from studykit.data.images import Issue
+from studykit.data.landmark_folder import Record, SplitRows, load_records
 from studykit.data.paths import UnsafePathError, data_root, safe_join
 from studykit.utils.io import atomic_torch_save, atomic_write_json, code_fingerprint, sha256_file
 
@@ -32,21 +29,6 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-
-
-@dataclass
-class Record:
-    image_id: str
-    path: Path
-    landmarks: np.ndarray  # (K, 2) pixels
-    category: int
-    source: str = ""  # "csv:line"
-
-
-@dataclass
-class SplitRows:
-    records: list[Record] = field(default_factory=list)
-    issues: list[Issue] = field(default_factory=list)
 
 
 def image_path_for(image_dir: Path, image_id: str, source: str) -> Path:
@@ -91,46 +73,6 @@ def parse_annotation_csv(
                 continue
             out.records.append(Record(image_id, path, coords, categories.index(folder), f"{csv_path}:{line_no}"))
     return out
-
-
-def load_split(
-    rows: SplitRows, split: str, image_size: int, clahe: dict | None
-) -> tuple[dict[str, Any], list[Issue]]:
-    images, landmarks, orig, cats, ids = [], [], [], [], []
-    issues = list(rows.issues)
-    for rec in tqdm(rows.records, desc=f"prepare {split}", leave=False):
-        if not rec.path.is_file():
-            issues.append(Issue(str(rec.path), "image file not found", split=split, annotation=rec.source))
-            continue
-        try:
-            image = read_grey(rec.path)
-        except ValueError as err:
-            issues.append(Issue(str(rec.path), str(err), split=split, annotation=rec.source))
-            continue
-        h, w = image.shape
-        pts = rec.landmarks
-        if (pts[:, 0] < 0).any() or (pts[:, 0] > w).any() or (pts[:, 1] < 0).any() or (pts[:, 1] > h).any():
-            issues.append(Issue(str(rec.path), f"landmark coordinates outside the {w}x{h} image", split=split, annotation=rec.source))
-            continue
-        if clahe and clahe.get("enabled"):
-            image = enhance_clahe(image, clahe["clip_limit"], clahe["tile_grid"])
-        if (w, h) != (image_size, image_size):
-            image = cv2.resize(image, (image_size, image_size), interpolation=cv2.INTER_AREA)
-            pts = pts * np.array([image_size / w, image_size / h], dtype=np.float32)
-        images.append(torch.from_numpy(np.ascontiguousarray(image)))
-        landmarks.append(torch.from_numpy(pts.astype(np.float32)))
-        orig.append((float(w), float(h)))
-        cats.append(rec.category)
-        ids.append(rec.image_id)
-    n_lm = rows.records[0].landmarks.shape[0] if rows.records else 0
-    tensors = {
-        "images": torch.stack(images) if images else torch.zeros(0, image_size, image_size, dtype=torch.uint8),
-        "landmarks": torch.stack(landmarks) if landmarks else torch.zeros(0, n_lm, 2),
-        "orig_size": torch.tensor(orig, dtype=torch.float32).reshape(-1, 2),
-        "category": torch.tensor(cats, dtype=torch.long),
-        "image_id": ids,
-    }
-    return tensors, issues
 
 
 def prepare_cxr_landmarks(
@@ -181,7 +123,7 @@ def prepare_cxr_landmarks(
             referenced.update(r.path for r in rows.records)
             if split in limit_per_split and limit_per_split[split] is not None:
                 rows.records = rows.records[: int(limit_per_split[split])]
-            tensors, issues = load_split(rows, split, image_size, clahe)
+            tensors, issues, _, _ = load_records(rows, split, image_size, clahe)
             tensors["categories"] = list(categories)
             atomic_torch_save(tensors, folder / f"{split}.pt")
             report["splits"][split] = {"kept": len(tensors["image_id"]), "skipped": len(issues)}

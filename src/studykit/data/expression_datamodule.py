@@ -1,9 +1,12 @@
 """LightningDataModule for expression classification on the face pipeline's cached 4-channel tensors.
 
-Two ways to split (`split_by`):
-- `subject` (JAFFE): subject-independent evaluation. Subjects are dealt round-robin (in sorted order) into
-  `n_folds` folds; fold `test_fold` is the test split, fold `val_fold` the validation split, the rest trains.
-  No subject is ever in two splits.
+Ways to split (`split_by`):
+- `subject` (JAFFE): subject-independent cross-validation. Subjects are dealt round-robin (in sorted order)
+  into `n_folds` folds; `fold=k` tests fold k and validates on fold k+1 (mod n_folds), the rest trains. No
+  subject is ever in two splits.
+- `folds`: stratified cross-validation folds of photos (every face of a photo in one fold), seeded with
+  `split_seed`; `fold=k` as above.
+- `stratified`: one seeded random split per class (`val_fraction`, `test_fraction`).
 - `folder` (FER+): the data set's own train / val / test folders, as listed in `prepare.splits`.
 """
 
@@ -20,6 +23,7 @@ from studykit.data.augment import build_augmentation
 from studykit.data.base import IMAGENET_MEAN, IMAGENET_STD, CachedDataModule
 from studykit.data.cache import CacheStatus
 from studykit.data.ferplus import TARGETS, scheme_target
+from studykit.data.folds import fold_masks, fold_roles, group_folds, random_split
 
 
 def face_id(state: dict[str, Any], row: int) -> str:
@@ -29,37 +33,18 @@ def face_id(state: dict[str, Any], row: int) -> str:
     return f"{name}#{k}" if k > 0 else name
 
 
-SPLIT_BY = ("subject", "folder", "stratified")
+SPLIT_BY = ("subject", "folder", "stratified", "folds")
 
 
 def stratified_split(groups: Sequence[str], labels: Sequence[str], val_fraction: float, test_fraction: float,
                      seed: int) -> dict[str, str]:
-    """group (photo) -> train / val / test: per class, the groups shuffled with `seed`, the first
-    round(n * test_fraction) to test, the next round(n * val_fraction) to val (at least one each when the
-    class has 3 or more groups), the rest to train."""
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(f"val_fraction + test_fraction must be below 1, got {val_fraction} + {test_fraction}")
-    label_of: dict[str, str] = {}
-    for group, label in zip(groups, labels):
-        label_of.setdefault(group, label)
-    rng = np.random.default_rng(seed)
-    out = {}
-    for label in sorted(set(label_of.values())):
-        members = sorted(g for g, lab in label_of.items() if lab == label)
-        rng.shuffle(members)
-        n = len(members)
-        n_test = max(int(round(n * test_fraction)), 1 if n >= 3 and test_fraction > 0 else 0)
-        n_val = max(int(round(n * val_fraction)), 1 if n >= 3 and val_fraction > 0 else 0)
-        for k, group in enumerate(members):
-            out[group] = "test" if k < n_test else "val" if k < n_test + n_val else "train"
-    return out
+    """group (photo) -> train / val / test, per class (`studykit.data.folds.random_split`)."""
+    return random_split(groups, val_fraction, test_fraction, seed, labels)
 
 
 def subject_folds(subjects: Sequence[str], n_folds: int) -> dict[str, int]:
-    unique = sorted(set(subjects))
-    if n_folds < 2 or n_folds > len(unique):
-        raise ValueError(f"n_folds must be between 2 and the number of subjects ({len(unique)}), got {n_folds}")
-    return {s: i % n_folds for i, s in enumerate(unique)}
+    """subject -> fold, dealt round-robin in sorted order."""
+    return group_folds(subjects, n_folds)
 
 
 class FaceDataset(Dataset):
@@ -106,7 +91,7 @@ class ExpressionDataModule(CachedDataModule):
     always use the label."""
 
     def __init__(self, name: str, root: str, cache_dir: str, prepare: dict[str, Any], classes: Sequence[str] | None,
-                 n_folds: int = 5, test_fold: int = 0, val_fold: int = 1, input_size: int = 224, batch_size: int = 16,
+                 n_folds: int = 5, fold: int = 0, test_fold: int | None = None, val_fold: int | None = None, input_size: int = 224, batch_size: int = 16,
                  num_workers: int = 0, augment: dict[str, Any] | None = None, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, seed: int = 0, split_by: str = "subject",
                  val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0, balanced_sampling: bool = False,
@@ -117,13 +102,13 @@ class ExpressionDataModule(CachedDataModule):
             raise ValueError(f"data.train_target must be one of {TARGETS}, got {train_target!r}")
         self.train_target = train_target
         self.classes = list(classes) if classes else []  # empty: the labels found, sorted (class folders)
-        self.n_folds, self.test_fold, self.val_fold = n_folds, test_fold, val_fold
+        self.n_folds, self.fold = int(n_folds), int(fold)
         self.val_fraction, self.test_fraction, self.split_seed = float(val_fraction), float(test_fraction), int(split_seed)
         if split_by not in SPLIT_BY:
             raise ValueError(f"data.split_by must be one of {SPLIT_BY}, got {split_by!r}")
         self.split_by = split_by
-        if split_by == "subject" and test_fold == val_fold:
-            raise ValueError("test_fold and val_fold must differ")
+        # cross-validation: fold k tests, fold k+1 validates (test_fold / val_fold: runs saved before `fold`)
+        self.test_fold, self.val_fold = fold_roles(fold, n_folds, test_fold, val_fold) if split_by in ("subject", "folds") else (None, None)
         self.input_size = input_size
         self.augment = dict(augment or {})
         self.state: dict[str, Any] | None = None
@@ -174,11 +159,13 @@ class ExpressionDataModule(CachedDataModule):
             split_of = stratified_split(photos, labels, self.val_fraction, self.test_fraction, self.split_seed)
             tags = np.array([split_of[p] for p in photos])
             want = {name: tags == name for name in ("train", "val", "test")}
+        elif self.split_by == "folds":
+            photos = [st["paths"][i] for i in kept]  # every face of a photo goes to one fold
+            fold_of = group_folds(photos, self.n_folds, labels, self.split_seed)
+            want = fold_masks([fold_of[p] for p in photos], self.test_fold, self.val_fold)
         else:
             fold_of = subject_folds(subjects, self.n_folds)
-            fold = np.array([fold_of[s] for s in subjects])
-            want = {"test": fold == self.test_fold, "val": fold == self.val_fold,
-                    "train": (fold != self.test_fold) & (fold != self.val_fold)}
+            want = fold_masks([fold_of[s] for s in subjects], self.test_fold, self.val_fold)
         self.check_splits_hold_faces(want, labels)
         for name, mask in want.items():
             idx = np.flatnonzero(mask)
@@ -204,8 +191,8 @@ class ExpressionDataModule(CachedDataModule):
             short = {c: n for c, n in counts.items() if n < 3}
             hint = ", ".join(zero) if zero else (
                 f"a stratified split gives a class validation and test faces only from 3 photos on; classes with fewer: {short}")
-        elif self.split_by == "subject":
-            hint = f"folds test_fold={self.test_fold} / val_fold={self.val_fold} of n_folds={self.n_folds} hold no subject"
+        elif self.split_by in ("subject", "folds"):
+            hint = f"test fold {self.test_fold} / validation fold {self.val_fold} of n_folds={self.n_folds} hold no {self.split_by.rstrip('s')}"
         else:
             hint = "data.prepare.splits must name train, val and test folders that hold faces"
         raise ValueError(f"{self.name}: split(s) {empty} hold no faces ({hint}); faces per class: {counts}. "

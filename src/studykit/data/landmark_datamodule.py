@@ -14,6 +14,7 @@ from studykit.data.augment import build_augmentation
 from studykit.data.base import IMAGENET_MEAN, IMAGENET_STD, CachedDataModule, grey_to_input
 from studykit.data.cache import CacheStatus
 from studykit.data.cxr_landmarks import prepare_cxr_landmarks
+from studykit.data.landmark_folder import prepare_landmark_folder
 
 
 def flip_permutation(num_landmarks: int, pairs: Sequence[Sequence[int]]) -> np.ndarray:
@@ -22,6 +23,38 @@ def flip_permutation(num_landmarks: int, pairs: Sequence[Sequence[int]]) -> np.n
     for left, right in pairs:
         perm[left - 1], perm[right - 1] = right - 1, left - 1
     return perm
+
+
+def point_names(num_landmarks: int, names: Sequence[str] | None) -> list[str]:
+    """The points' names: as configured, else L1..LK."""
+    if not names:
+        return [f"L{i}" for i in range(1, num_landmarks + 1)]
+    names = [str(n) for n in names]
+    if len(names) != num_landmarks or len(set(names)) != len(names):
+        raise ValueError(f"data.landmark_names must name each of the {num_landmarks} points once, got {len(names)} names "
+                         f"({len(set(names))} distinct)")
+    return names
+
+
+def point_number(point: int | str, names: Sequence[str], where: str) -> int:
+    """A point given by its 1-based number or its name -> its 1-based number."""
+    if isinstance(point, str) and not point.isdigit():
+        if point not in names:
+            raise ValueError(f"{where}: no point named {point!r}; the names are {list(names)}")
+        return list(names).index(point) + 1
+    number = int(point)
+    if not 1 <= number <= len(names):
+        raise ValueError(f"{where}: point {number} is outside 1..{len(names)}")
+    return number
+
+
+def resolve_pairs(pairs: Sequence[Sequence[int | str]], names: Sequence[str], where: str) -> list[tuple[int, int]]:
+    out = []
+    for pair in pairs or []:
+        if len(pair) != 2:
+            raise ValueError(f"{where}: each pair names two points, got {list(pair)}")
+        out.append((point_number(pair[0], names, where), point_number(pair[1], names, where)))
+    return out
 
 
 class LandmarkDataset(Dataset):
@@ -41,6 +74,8 @@ class LandmarkDataset(Dataset):
         self.images = tensors["images"]
         self.landmarks = tensors["landmarks"]
         self.orig_size = tensors["orig_size"]
+        # top-left corner of a cropped sample in the photo (landmark_folder's crop), so predictions are photo pixels
+        self.offset = tensors.get("offset", torch.zeros_like(self.orig_size))
         self.category = tensors["category"]
         self.image_id = tensors["image_id"]
         self.input_size = input_size
@@ -70,6 +105,7 @@ class LandmarkDataset(Dataset):
             "image": image,
             "target": target,
             "orig_size": self.orig_size[idx],
+            "offset": self.offset[idx],
             "category": self.category[idx],
             "index": idx,
         }
@@ -98,21 +134,40 @@ class LandmarkDataModule(CachedDataModule):
         seed: int = 0,
         fit_splits: Sequence[str] = ("train",),
         tta_shift_px: int = 0,
+        landmark_names: Sequence[str] | None = None,
+        error: dict[str, Any] | None = None,
+        split_by: str = "given",
+        fold: int = 0,
+        n_folds: int = 5,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        split_seed: int = 0,
     ):
-        super().__init__(name, root, cache_dir, prepare, batch_size, num_workers, mean, std, seed, fit_splits=fit_splits)
-        self.flip_pairs = [tuple(p) for p in flip_pairs]
+        super().__init__(name, root, cache_dir, prepare, batch_size, num_workers, mean, std, seed, fit_splits=fit_splits,
+                         split_by=split_by, fold=fold, n_folds=n_folds, val_fraction=val_fraction, test_fraction=test_fraction,
+                         split_seed=split_seed)
+        self.landmark_names = point_names(self.num_landmarks, landmark_names)
+        self.flip_pairs = resolve_pairs(flip_pairs, self.landmark_names, "data.flip_pairs")
+        # errors in pixels of the original, and with `normalize: [a, b]` also divided by the distance of points a and b
+        # (NME, e.g. the outer eye corners), failures counted above `failure_threshold`
+        error = dict(error or {})
+        self.nme_pair = tuple(resolve_pairs([error["normalize"]], self.landmark_names, "data.error.normalize")[0]) \
+            if error.get("normalize") else None
+        self.failure_threshold = float(error.get("failure_threshold", 0.08))
         if int(tta_shift_px) < 0 or int(tta_shift_px) >= input_size // 2:
             raise ValueError(f"data.tta_shift_px={tta_shift_px}: a shift in input pixels, 0 <= shift < input_size / 2")
         self.tta_shift_px = int(tta_shift_px)
         self.input_size = input_size
         self.augment = dict(augment or {})
-        self.categories: list[str] = list(self.prepare_cfg.get("categories", []))
+        self.categories: list[str] = list(self.prepare_cfg.get("categories") or [])
 
     @property
     def num_landmarks(self) -> int:
         return int(self.prepare_cfg.get("num_landmarks", 15))
 
     def build_cache(self) -> CacheStatus:
+        if "format" in self.prepare_cfg:  # a folder data set (conf/data/landmark_folder.yaml)
+            return prepare_landmark_folder(self.root, self.cache_dir, **self.prepare_cfg)
         return prepare_cxr_landmarks(self.root, self.cache_dir, **self.prepare_cfg)
 
     def load_split(self, split: str) -> dict[str, Any]:

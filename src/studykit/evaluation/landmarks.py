@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from studykit.data.landmark_datamodule import flip_permutation
-from studykit.metrics.landmark import LandmarkErrorMetrics
+from studykit.metrics.landmark import LandmarkErrorMetrics, nme_report, normalized_errors
 
 
 def unflip(pred: torch.Tensor, perm: Sequence[int] | np.ndarray, width: int) -> torch.Tensor:
@@ -44,7 +44,7 @@ def shift_images(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
 @torch.no_grad()
 def predict(module, loader, tta: bool = False, perm: Sequence[int] | None = None, width: int | None = None,
             device: str | torch.device = "cpu", shift_px: int = 0) -> torch.Tensor:
-    """(N, K, 2) predictions in pixels of the original image. With `tta`, the mean over the image and its
+    """(N, K, 2) predictions in pixels of the original image (of the photo, for cropped samples). With `tta`, the mean over the image and its
     mirror; with `shift_px` > 0, over each of those shifted by 0 and +-shift_px input pixels along x and y too
     (`shift_offsets`), each prediction moved back by its shift - a heat-map head's cells (8 input pixels) then
     fall at other places of the anatomy, and their rounding errors partly average out."""
@@ -64,26 +64,33 @@ def predict(module, loader, tta: bool = False, perm: Sequence[int] | None = None
             if tta:  # the mirror of the shifted image is shifted by -dx: unflip first, then move back
                 views.append(unflip(module(torch.flip(shifted, dims=[3])), perm, width) - back)
         pred = torch.stack(views).mean(0)
-        preds.append((pred.cpu() * batch["orig_size"][:, None, :]).float())
+        offset = batch["offset"][:, None, :] if "offset" in batch else 0.0
+        preds.append((pred.cpu() * batch["orig_size"][:, None, :] + offset).float())
     return torch.cat(preds)
 
 
 def targets_px(dataset) -> torch.Tensor:
-    """Ground truth of a cached split in pixels of the original image."""
+    """Ground truth of a cached split in pixels of the original image (of the photo, for cropped samples)."""
     width = dataset.images.shape[-1]
     height = dataset.images.shape[-2]
     scale = torch.tensor([width, height], dtype=torch.float32)
-    return dataset.landmarks / scale * dataset.orig_size[:, None, :]
+    return dataset.landmarks / scale * dataset.orig_size[:, None, :] + dataset.offset[:, None, :]
 
 
 def per_image_errors(pred_px: torch.Tensor, target_px: torch.Tensor) -> np.ndarray:
     return torch.linalg.vector_norm(pred_px - target_px, dim=-1).mean(-1).numpy()
 
 
-def error_report(pred_px: torch.Tensor, target_px: torch.Tensor, category: torch.Tensor, categories: Sequence[str]) -> dict:
+def error_report(pred_px: torch.Tensor, target_px: torch.Tensor, category: torch.Tensor, categories: Sequence[str],
+                 names: Sequence[str] | None = None, nme_pair: Sequence[int] | None = None, failure_threshold: float = 0.08) -> dict:
+    """Pixel errors (LandmarkErrorMetrics' report) and, with `nme_pair` (1-based), the NME figures."""
     metric = LandmarkErrorMetrics(categories, sync_on_compute=False)  # one process reports on all the predictions
     metric.update(pred_px, target_px, category)
-    return metric.report()
+    report = metric.report(names)
+    if nme_pair:
+        label = [names[nme_pair[0] - 1], names[nme_pair[1] - 1]] if names else [f"L{nme_pair[0]}", f"L{nme_pair[1]}"]
+        report["nme"] = nme_report(normalized_errors(pred_px, target_px, nme_pair), label, failure_threshold)
+    return report
 
 
 def flip_perm_for(num_landmarks: int, pairs: Sequence[Sequence[int]]) -> np.ndarray:

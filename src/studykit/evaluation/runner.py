@@ -1,7 +1,8 @@
-"""`evaluate.py`: test a run, a seed ensemble, a whole sweep, or compare two runs - for every task.
+"""`evaluate.py`: test a run, a seed ensemble, a cross-validation, a whole sweep, or compare two runs - for every task.
 
     python evaluate.py run_dir=outputs/<run>/<time> [tta=true] [visualize=true] [split=val]
     python evaluate.py ensemble=multirun/<time> [tta=true] [visualize=true] [split=val]
+    python evaluate.py folds=multirun/<time> [tta=true]        # the folds' test predictions pooled
     python evaluate.py sweep=multirun/<time>                 # mean +- std over seeds per configuration
     python evaluate.py compare=[<run or sweep member A>,<B>]  # paired per-sample test
 
@@ -200,6 +201,90 @@ def evaluate_ensemble(folder: Path, tta: bool = False, visualize: bool = False, 
     return report
 
 
+class PooledRun:
+    """The folds of a cross-validation as one run: the first fold's data module and config, and as test set
+    every fold's test samples (each once), so the task's report covers the pooled predictions."""
+
+    def __init__(self, folder: Path, first: LoadedRun, parts: list[dict[str, Any]]):
+        from studykit.data.base import concat
+
+        self.run_dir, self.cfg, self.task, self.split = Path(folder), first.cfg, first.task, "test"
+        self.checkpoint, self.module, self.datamodule = None, first.module, first.datamodule
+        self.datamodule.splits["pooled"] = concat(parts)
+        self.test_set = self.datamodule.dataset("pooled", train=False)
+
+    def test_loader(self):
+        raise RuntimeError("a pooled cross-validation holds predictions, not a network to run")
+
+
+FOLD_KEYS = ("fold", "test_fold", "val_fold")
+
+
+def evaluate_folds(folder: Path, tta: bool = False, visualize: bool = False, out_dir: Path | None = None,
+                   options: dict[str, Any] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A cross-validation sweep (`train.py -m ... data.fold=0,...,k-1`): every fold's test predictions pooled, each
+    sample exactly once, and the task's full report on them; per-fold reports and their mean +- std beside it.
+    Members that test the same samples (seeds of one fold) are averaged first, as an ensemble. Refused when the
+    folds test a sample twice, leave one untested, or differ in anything but the fold."""
+    members = sweep_members(folder)
+    runs = [LoadedRun(m, overrides=overrides) for m in members]
+    first = runs[0]
+
+    def data_without_fold(run: LoadedRun) -> dict[str, Any]:
+        data = OmegaConf.to_container(run.cfg.data, resolve=True)
+        return {k: v for k, v in data.items() if k not in FOLD_KEYS and k != "seed"}
+
+    for run in runs[1:]:
+        if run.task is not first.task:
+            raise ValueError(f"{run.run_dir}: its task ({run.task.name}) differs from the other folds' ({first.task.name})")
+        if data_without_fold(run) != data_without_fold(first):
+            raise ValueError(f"{run.run_dir}: its data config differs from {first.run_dir}'s in more than the fold")
+    folds: dict[tuple[str, ...], list[LoadedRun]] = {}
+    for run in runs:
+        folds.setdefault(tuple(run.test_set.image_id), []).append(run)
+    # coverage: the folds' test sets are disjoint and together hold every sample of the data set
+    tested: dict[str, str] = {}
+    for ids, fold_runs in folds.items():
+        for sample in ids:
+            if sample in tested:
+                raise ValueError(f"sample {sample!r} is tested by {fold_runs[0].run_dir} and by {tested[sample]}: "
+                                 "the runs are not folds of one cross-validation")
+            tested[sample] = str(fold_runs[0].run_dir)
+    everything = {i for split in ("train", "val", "test") for i in first.datamodule.load_split(split)["image_id"]}
+    missing = sorted(everything - set(tested))
+    if missing:
+        raise ValueError(f"{len(missing)} of {len(everything)} samples are in no fold's test split (e.g. {missing[:3]}): "
+                         f"{folder} holds {len(folds)} folds; run the missing ones (data.fold=...)")
+    preds, parts, per_fold = [], [], {}
+    for ids, fold_runs in folds.items():
+        pred = first.task.combine([run.predict(tta) for run in fold_runs])
+        run = fold_runs[0]
+        per_fold[run.run_dir.name] = first.task.metrics(pred, run)
+        log.info("fold %s: %s", run.run_dir.name, first.task.summary_line(per_fold[run.run_dir.name]))
+        preds.append(pred)
+        parts.append(run.datamodule.load_split("test"))
+    pooled = PooledRun(folder, first, parts)
+    out_dir = Path(out_dir or Path(folder) / default_folder("cross_validation", tta, "test"))
+    views = first.task.tta_views(first) if tta else None
+    report = write_evaluation(out_dir, first.task, torch.cat(preds), pooled,
+                              f"cross-validation, {len(folds)} folds pooled{title_suffix(views, 'test')}", visualize,
+                              {"folds": {name: [str(r.run_dir) for r in rs] for name, rs in zip(per_fold, folds.values())},
+                               "coverage": {"samples": len(everything), "tested_once": len(tested)}, "tta": tta, "tta_views": views},
+                              options)
+    report["per_fold"] = {name: scalar_metrics(r) for name, r in per_fold.items()}
+    names = [k for k in next(iter(report["per_fold"].values())) if all(k in r for r in report["per_fold"].values())]
+    report["per_fold_mean_std"] = {k: mean_std(r[k] for r in report["per_fold"].values()) for k in names}
+    atomic_write_json(out_dir / "test_report.json", report)
+    primary = first.task.primary_metric["name"]
+    summary = report["per_fold_mean_std"][primary]
+    lines = ["", f"## Folds ({len(folds)}; every one of the {len(everything)} samples tested once)", "",
+             f"| fold | {primary} | samples |", "|---|---|---|"]
+    lines += [f"| {n} | {r[primary]:.4g} | {len(ids)} |" for (n, r), ids in zip(report["per_fold"].items(), folds)]
+    lines.append(f"| mean +- std over folds | {summary['mean']:.4g} +- {summary['std']:.2g} | |")
+    atomic_write_text(out_dir / "test_report.md", (out_dir / "test_report.md").read_text() + "\n".join(lines) + "\n")
+    return report
+
+
 SKIP_KEYS = {"seed", "n_images", "n_samples", "tta", "split"}
 
 
@@ -277,9 +362,9 @@ def compare_runs(run_a: Path, run_b: Path, out_dir: Path | None = None) -> dict[
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    modes = [m for m in ("run_dir", "ensemble", "sweep", "compare") if cfg.get(m)]
+    modes = [m for m in ("run_dir", "ensemble", "folds", "sweep", "compare") if cfg.get(m)]
     if len(modes) != 1:
-        raise ValueError("give exactly one of run_dir=..., ensemble=..., sweep=..., compare=[a,b]")
+        raise ValueError("give exactly one of run_dir=..., ensemble=..., folds=..., sweep=..., compare=[a,b]")
     out = Path(cfg.output_dir) if cfg.get("output_dir") else None
     trust.allow(cfg.get("trusted_targets"))
     folder = cfg.get(modes[0]) if modes[0] != "compare" else cfg.compare[0]
@@ -293,10 +378,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError("checkpoint= applies to run_dir= only")
     if modes[0] == "ensemble":
         return evaluate_ensemble(Path(cfg.ensemble), cfg.tta, cfg.visualize, out, options, split, list(cfg.get("overrides") or []))
+    if modes[0] == "folds":
+        if split != "test":
+            raise ValueError("folds= pools the folds' test splits; split= does not apply")
+        return evaluate_folds(Path(cfg.folds), cfg.tta, cfg.visualize, out, options, list(cfg.get("overrides") or []))
     if cfg.get("overrides"):
-        raise ValueError(f"overrides= applies to run_dir= and ensemble=; {modes[0]}= reads the members' own test reports")
+        raise ValueError(f"overrides= applies to run_dir=, ensemble= and folds=; {modes[0]}= reads the members' own test reports")
     if cfg.tta or cfg.visualize or split != "test":
-        raise ValueError(f"tta=, visualize= and split= apply to run_dir= and ensemble=; {modes[0]}= reads the members' own test reports")
+        raise ValueError(f"tta=, visualize= and split= apply to run_dir=, ensemble= and folds=; {modes[0]}= reads the members' own "
+                         "test reports")
     if modes[0] == "sweep":
         return summarize_sweep(Path(cfg.sweep), out)
     if len(cfg.compare) != 2:

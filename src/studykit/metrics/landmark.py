@@ -54,14 +54,16 @@ class LandmarkErrorMetrics(Metric):
             "max_px": per_image.max(),
         }
 
-    def report(self) -> dict:
-        """Full breakdown as plain Python numbers: summary, per landmark, per category, quality bins."""
+    def report(self, names: Sequence[str] | None = None) -> dict:
+        """Full breakdown as plain Python numbers: summary, per landmark (named by `names`, else L1..LK), per
+        category, quality bins."""
         errors = dim_zero_cat(self.errors)
         category = dim_zero_cat(self.category)
         per_image = errors.mean(dim=1)
         summary = {k: float(v) for k, v in self.compute().items()}
+        names = list(names) if names else [f"L{k + 1}" for k in range(errors.shape[1])]
         per_landmark = {
-            f"L{k + 1}": {"mean_px": float(errors[:, k].mean()), "median_px": float(errors[:, k].median())}
+            names[k]: {"mean_px": float(errors[:, k].mean()), "median_px": float(errors[:, k].median())}
             for k in range(errors.shape[1])
         }
         per_category = {}
@@ -82,10 +84,37 @@ class LandmarkErrorMetrics(Metric):
         }
 
 
+def normalized_errors(pred_px: torch.Tensor, target_px: torch.Tensor, pair: Sequence[int]) -> torch.Tensor:
+    """Per-image NME: the mean point error divided by the true distance of the 1-based points `pair` (for faces
+    the outer eye corners, 300-W's inter-ocular normalisation)."""
+    a, b = int(pair[0]) - 1, int(pair[1]) - 1
+    scale = torch.linalg.vector_norm(target_px[:, a] - target_px[:, b], dim=-1)
+    if (scale <= 0).any():
+        raise ValueError(f"points {pair[0]} and {pair[1]} coincide in {int((scale <= 0).sum())} images: no NME scale")
+    return torch.linalg.vector_norm(pred_px.float() - target_px.float(), dim=-1).mean(-1) / scale
+
+
+def nme_report(nme: torch.Tensor, pair: Sequence[str], failure_threshold: float) -> dict:
+    """Mean, median, failures (NME above the threshold) and the area under the cumulative error curve up to the
+    threshold (AUC, 300-W's figure; 1 is perfect)."""
+    grid = torch.linspace(0, failure_threshold, 801)
+    ced = (nme[None, :] <= grid[:, None]).float().mean(1)
+    auc = float(torch.trapezoid(ced, grid) / failure_threshold)
+    failures = int((nme > failure_threshold).sum())
+    return {"normalized_by": list(pair), "mean": float(nme.mean()), "median": float(nme.median()),
+            "failure_threshold": failure_threshold, "failures": failures, "failure_rate": failures / max(1, nme.numel()),
+            "auc": auc}
+
+
 def report_markdown(report: dict, title: str = "Test report") -> str:
     lines = [f"# {title}", "", f"Images: {report['n_images']}", "", "| statistic | pixels |", "|---|---|"]
     for key in ("mean_px", "median_px", "std_px", "min_px", "max_px"):
         lines.append(f"| {key.removesuffix('_px')} | {report[key]:.2f} |")
+    if "nme" in report:
+        nme = report["nme"]
+        lines += ["", f"NME (mean point error / distance {nme['normalized_by'][0]} - {nme['normalized_by'][1]}): mean "
+                  f"{nme['mean']:.4f}, median {nme['median']:.4f}; failures (NME > {nme['failure_threshold']}): {nme['failures']} "
+                  f"({nme['failure_rate']:.1%}); AUC@{nme['failure_threshold']} {nme['auc']:.3f}"]
     lines += ["", "| category | n | mean px | median px |", "|---|---|---|---|"]
     for name, row in report["per_category"].items():
         lines.append(f"| {name} | {row['n']} | {row['mean_px']:.2f} | {row['median_px']:.2f} |")

@@ -45,8 +45,9 @@ class LandmarkTask(Task):
         return f"flip + shifts of {shift} px" if shift else "flip"
 
     def metrics(self, pred: torch.Tensor, run: TestRun) -> dict[str, Any]:
-        test = run.test_set
-        return lm.error_report(pred, lm.targets_px(test), test.category, run.datamodule.categories)
+        test, dm = run.test_set, run.datamodule
+        return lm.error_report(pred, lm.targets_px(test), test.category, dm.categories, dm.landmark_names, dm.nme_pair,
+                               dm.failure_threshold)
 
     def per_sample(self, pred: torch.Tensor, run: TestRun) -> list[float]:
         return lm.per_image_errors(pred, lm.targets_px(run.test_set)).tolist()
@@ -70,14 +71,17 @@ class LandmarkTask(Task):
             target = lm.targets_px(test)
             scale = torch.tensor([test.images.shape[-1], test.images.shape[-2]]) / test.orig_size[:, None, :]
             images = test.images.numpy()
-            t_img, p_img = (target * scale).numpy(), (pred * scale).numpy()
+            offset = test.offset[:, None, :]  # cropped samples: photo pixels -> the stored crop's pixels
+            t_img, p_img = ((target - offset) * scale).numpy(), ((pred - offset) * scale).numpy()
             point_errors = torch.linalg.vector_norm(pred - target, dim=-1).numpy()
             write_overlays(out_dir / "images", images, t_img, p_img, cats, test.image_id, point_errors.mean(1))
             summary_plots(out_dir / "plots", point_errors, cats, images, t_img, p_img, test.image_id, title="")
 
     def summary_line(self, report: dict[str, Any]) -> str:
         split = report.get("split", "test")  # evaluate.py split=val scores the validation split
-        return f"{split} mean {report['mean_px']:.2f} px, median {report['median_px']:.2f} px on {report['n_images']} images"
+        nme = report.get("nme")
+        extra = f"; NME {nme['mean']:.4f}, failures {nme['failure_rate']:.1%} (> {nme['failure_threshold']})" if nme else ""
+        return f"{split} mean {report['mean_px']:.2f} px, median {report['median_px']:.2f} px on {report['n_images']} images{extra}"
 
     # ---- new images -----------------------------------------------------------------------------------
     def predict_new(self, request: PredictRequest) -> dict[str, Any]:
@@ -113,7 +117,9 @@ class LandmarkTask(Task):
     def export_constants(self, cfg: DictConfig) -> dict[str, Any]:
         data = OmegaConf.to_container(cfg.data, resolve=True)
         k = int(data["prepare"]["num_landmarks"])
-        return {"landmark_names": [f"L{i}" for i in range(1, k + 1)], "flip_pairs": data["flip_pairs"],
+        from studykit.data.landmark_datamodule import point_names
+
+        return {"landmark_names": point_names(k, data.get("landmark_names")), "flip_pairs": data["flip_pairs"],
                 "grey_image_size": int(data["prepare"]["image_size"]), "clahe": data["prepare"].get("clahe"),
                 "resize": "grey image -> grey_image_size (cv2 INTER_AREA) -> input_size (bilinear), replicated to 3 channels"}
 
