@@ -25,6 +25,8 @@ def choices(group: str) -> list[str]:
 COMPANIONS = {
     "task=distribution": ["data=ferplus_distribution"], "task=classification": ["data=jaffe"],
     "data=image_folder": ["data.root=/any/folder/jaffe_db"],
+    "data=landmark_folder": ["data.root=/any/folder/cxr_landmarks", "data.prepare.num_landmarks=15"],
+    "data=distribution_folder": ["data.root=/any/folder/ferplus"],
 }
 
 
@@ -36,7 +38,7 @@ def test_every_choice_composes(group, choice, tmp_path):
         check_pairing(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert resolved["seed"] == 42 and resolved["phase"]["stages"]
-    assert resolved["data"]["root"].endswith(("cxr_landmarks", "ferplus", "jaffe_db"))
+    assert resolved["data"]["root"].endswith(("cxr_landmarks", "ferplus", "jaffe_db", "face_landmarks_68"))
 
 
 LANDMARK_LOSSES = ["complete", "distance", "l1", "mse", "symmetry", "wing"]
@@ -99,7 +101,8 @@ def test_a_data_set_alone_brings_its_task_and_loss(tmp_path):
 
 
 def valid_losses(data: str) -> list[str]:
-    task = {"cxr_landmarks": "landmarks", "ferplus_distribution": "distribution"}.get(data, "classification")
+    task = {"cxr_landmarks": "landmarks", "landmark_folder": "landmarks", "face68_helen": "landmarks", "ferplus_distribution": "distribution",
+            "distribution_folder": "distribution"}.get(data, "classification")
     return [loss for loss in choices("loss") if task in (loss_tasks(OmegaConf.load(CONF / "loss" / f"{loss}.yaml"))
                                                           if loss not in ("complete", "kl_l1") else
                                                           {"complete": {"landmarks"}, "kl_l1": {"distribution"}}[loss])]
@@ -128,7 +131,8 @@ def filled(cfg, datamodule) -> None:
 def test_every_valid_combination_instantiates(data, model, loss, tmp_path):
     """data x model x loss x phase: the data module, the loss and the LightningModule are built, and every
     phase's stages give an optimizer over the right parameter groups."""
-    extra = ["data.root=/any/folder"] if data == "image_folder" else []
+    extra = {"image_folder": ["data.root=/any/folder"], "distribution_folder": ["data.root=/any/folder"],
+             "landmark_folder": ["data.root=/any/folder", "data.prepare.num_landmarks=19"]}.get(data, [])
     module = None
     for phase in choices("phase"):
         cfg = compose_cfg("train", [f"data={data}", f"model={model}", f"loss={loss}", f"phase={phase}", *extra], tmp_path)
@@ -200,7 +204,7 @@ def test_several_loggers_at_once(tmp_path):
 @pytest.mark.parametrize("head", sorted(p.stem for p in (CONF / "model" / "head").glob("*.yaml")))
 def test_model_head_choices_compose(head, tmp_path):
     cfg = compose_cfg("train", [f"model/head={head}", "model=efficientnet_lite0"], tmp_path)
-    assert cfg.model.head.type == head.split("_")[0] and cfg.model.backbone.name == "tf_efficientnet_lite0"
+    assert cfg.model.head.type == {"linear": "mlp"}.get(head, head.split("_")[0]) and cfg.model.backbone.name == "tf_efficientnet_lite0"
 
 
 def test_make_help_lists_every_target():

@@ -160,3 +160,42 @@ def test_datamodule_reads_classes_from_cache(tmp_path, shared_cache):
     item = dm.train_set[0]
     assert item["image"].shape == (3, 48, 48) and item["target"].shape == (8,)
     assert dm.num_classes == 8 and dm.classes[0] == "neutral"
+
+
+def test_distribution_folder_from_a_vote_table_trains_with_fer_metrics(tmp_path):
+    """Real FER+ faces in subfolders plus a 5-class vote table (counts and probabilities, bad rows among them):
+    the cached distributions equal the votes normalised, bad rows are recorded, and a run reports the FER+ metrics."""
+    root = tmp_path / "set"
+    classes = ["neutral", "happiness", "surprise", "sadness", "anger"]
+    rows = [r for r in csv.reader((FERPLUS / SPLITS["test"] / "label.csv").open()) if sum(map(int, r[2:7])) > 0][:60]
+    lines, expected = ["image," + ",".join(classes)], {}
+    for k, r in enumerate(rows):
+        sub = root / "faces" / f"s{k % 3}"
+        sub.mkdir(parents=True, exist_ok=True)
+        shutil.copy(FERPLUS / SPLITS["test"] / r[0], sub / r[0])
+        votes = np.asarray([float(v) for v in r[2:7]])
+        cells = [f"{v / votes.sum():.4f}" for v in votes] if k % 2 else [str(int(v)) for v in votes]  # probabilities or counts
+        lines.append(f"s{k % 3}/{r[0]}," + ",".join(cells))
+        expected[f"s{k % 3}/{r[0]}"] = votes / votes.sum()
+    lines += ["s0/missing.png,1,0,0,0,0", f"s0/{rows[0][0]},0,0,0,0,0", f"s0/{rows[0][0]},1,-1,0,0,0", f"s0/{rows[0][0]},a,0,0,0,0"]
+    (root / "votes.csv").write_text("\n".join(lines) + "\n")
+    cfg = compose_cfg("train", ["data=distribution_folder", f"data.root={root}", "data.prepare.images=faces", "data.prepare.image_size=32",
+                                "data.input_size=32", "data.split_by=folds", "data.n_folds=3", "data.fold=2", "data.batch_size=16",
+                                "model=efficientnet_lite0", "phase=finetune", "trainer.max_epochs=1", "callbacks.progress=null",
+                                "trainer.enable_model_summary=false"], tmp_path / "run", tmp_path / "cache")
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    report = json.loads((dm.cache_folder / "report.json").read_text())
+    reasons = {i["line"]: i["reason"] for i in report["issues"]}
+    assert report["kept"] == 60 and sorted(reasons) == [62, 63, 64, 65]
+    assert "not found" in reasons[62] and "no votes" in reasons[63] and "negative" in reasons[64] and "non-numeric" in reasons[65]
+    splits = {s: dm.load_split(s) for s in ("train", "val", "test")}
+    assert sum(len(s["image_id"]) for s in splits.values()) == 60 and dm.classes == classes
+    for part in splits.values():
+        for i, name in enumerate(part["image_id"]):
+            assert np.allclose(part["distribution"][i].numpy(), expected[name], atol=1e-4)
+    train(cfg)
+    test = json.loads((tmp_path / "run" / "test_report.json").read_text())
+    assert test["n_samples"] == len(splits["test"]["image_id"]) and test["classes"] == classes
+    for key in ("kl", "tvd", "emd", "mse", "accuracy"):
+        assert np.isfinite(test[key])

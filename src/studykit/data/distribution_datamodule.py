@@ -1,4 +1,6 @@
-"""LightningDataModule for label-distribution learning on cached FER+ faces and vote distributions."""
+"""LightningDataModule for label-distribution learning on cached faces and vote distributions: FER+
+(`prepare.splits`, studykit.data.ferplus) or any folder with a vote table (`prepare.table`,
+studykit.data.distribution_folder; split by its split column, a seeded random split or folds)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from torch.utils.data import Dataset
 from studykit.data.augment import build_augmentation
 from studykit.data.base import IMAGENET_MEAN, IMAGENET_STD, CachedDataModule, grey_to_input
 from studykit.data.cache import CacheStatus
+from studykit.data.distribution_folder import prepare_distribution_folder
 from studykit.data.ferplus import TARGETS, prepare_ferplus, scheme_target
 
 
@@ -64,9 +67,10 @@ class DistributionDataModule(CachedDataModule):
                  batch_size: int = 64, num_workers: int = 0, augment: dict[str, Any] | None = None,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, seed: int = 0,
                  train_target: str = "distribution", balanced_sampling: bool = False,
-                 fit_splits: Sequence[str] = ("train",)):
+                 fit_splits: Sequence[str] = ("train",), split_by: str = "given", fold: int = 0, n_folds: int = 5,
+                 val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0):
         super().__init__(name, root, cache_dir, prepare, batch_size, num_workers, mean, std, seed, balanced_sampling,
-                         fit_splits)
+                         fit_splits, split_by, fold, n_folds, val_fraction, test_fraction, split_seed)
         if train_target not in TARGETS:
             raise ValueError(f"data.train_target must be one of {TARGETS}, got {train_target!r}")
         self.train_target = train_target
@@ -80,6 +84,8 @@ class DistributionDataModule(CachedDataModule):
         return int(self.load_split("train")["distribution"].shape[1])
 
     def build_cache(self) -> CacheStatus:
+        if "table" in self.prepare_cfg:  # a folder with a vote table (conf/data/distribution_folder.yaml)
+            return prepare_distribution_folder(self.root, self.cache_dir, **self.prepare_cfg)
         return prepare_ferplus(self.root, self.cache_dir, **self.prepare_cfg)
 
     def load_split(self, split: str) -> dict[str, Any]:

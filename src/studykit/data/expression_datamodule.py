@@ -91,7 +91,8 @@ class ExpressionDataModule(CachedDataModule):
     always use the label."""
 
     def __init__(self, name: str, root: str, cache_dir: str, prepare: dict[str, Any], classes: Sequence[str] | None,
-                 n_folds: int = 5, fold: int = 0, test_fold: int | None = None, val_fold: int | None = None, input_size: int = 224, batch_size: int = 16,
+                 n_folds: int = 5, fold: int = 0, test_fold: int | None = None, val_fold: int | None = None, input_size: int = 224,
+                 batch_size: int = 16,
                  num_workers: int = 0, augment: dict[str, Any] | None = None, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, seed: int = 0, split_by: str = "subject",
                  val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0, balanced_sampling: bool = False,

@@ -112,3 +112,32 @@ class Issue:
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+# ---- square crops around points (landmark data sets and back ends) ------------------------------------------
+def points_square(points: np.ndarray, scale: float) -> tuple[float, float, float]:
+    """(x0, y0, side) of the square centred on the points' extent, `scale` times its longer side."""
+    lo, hi = points.min(0), points.max(0)
+    side = float(max(hi - lo)) * float(scale)
+    centre = (lo + hi) / 2
+    return float(centre[0] - side / 2), float(centre[1] - side / 2), side
+
+
+def crop_square(image: np.ndarray, x0: float, y0: float, side: float, size: int) -> np.ndarray:
+    """The square [x0, x0 + side) x [y0, y0 + side) of `image` resampled to size x size (black beyond the image);
+    pixel-centre convention: photo x -> (x - x0) * size / side + (size / side - 1) / 2."""
+    s = size / side
+    matrix = np.array([[s, 0, -x0 * s + (s - 1) / 2], [0, s, -y0 * s + (s - 1) / 2]], dtype=np.float64)
+    flags = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+    return cv2.warpAffine(image, matrix, (size, size), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def to_crop(points: np.ndarray, x0: float, y0: float, side: float, size: int) -> np.ndarray:
+    s = size / side
+    return ((points - np.array([x0, y0])) * s + (s - 1) / 2).astype(np.float32)
+
+
+def from_crop(points: np.ndarray, x0: float, y0: float, side: float, size: int) -> np.ndarray:
+    """Inverse of `to_crop`: crop pixels -> photo pixels."""
+    s = size / side
+    return ((np.asarray(points, dtype=np.float64) - (s - 1) / 2) / s + np.array([x0, y0])).astype(np.float32)

@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from studykit.data.cache import CacheStatus, cached_build
-from studykit.data.images import Issue, enhance_clahe, read_grey
+from studykit.data.images import Issue, crop_square, enhance_clahe, points_square, read_grey, to_crop
 from studykit.data.paths import UnsafePathError, data_root, relative_posix, safe_join
 from studykit.utils.io import atomic_torch_save, atomic_write_json, code_fingerprint, sha256_file
 
@@ -61,39 +61,11 @@ class SplitRows:
 
 
 # ---- reading images and cropping ---------------------------------------------------------------------------
-def crop_box(points: np.ndarray, scale: float) -> tuple[float, float, float]:
-    """(x0, y0, side) of the square centred on the points' extent, `scale` times its longer side."""
-    lo, hi = points.min(0), points.max(0)
-    side = float(max(hi - lo)) * float(scale)
-    centre = (lo + hi) / 2
-    return float(centre[0] - side / 2), float(centre[1] - side / 2), side
-
-
-def crop_square(image: np.ndarray, x0: float, y0: float, side: float, size: int) -> np.ndarray:
-    """The square [x0, x0 + side) x [y0, y0 + side) of `image` resampled to size x size (black beyond the image);
-    pixel-centre convention: photo x -> (x - x0) * size / side + (size / side - 1) / 2."""
-    s = size / side
-    matrix = np.array([[s, 0, -x0 * s + (s - 1) / 2], [0, s, -y0 * s + (s - 1) / 2]], dtype=np.float64)
-    flags = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
-    return cv2.warpAffine(image, matrix, (size, size), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-
-
-def to_crop(points: np.ndarray, x0: float, y0: float, side: float, size: int) -> np.ndarray:
-    s = size / side
-    return ((points - np.array([x0, y0])) * s + (s - 1) / 2).astype(np.float32)
-
-
-def from_crop(points: np.ndarray, x0: float, y0: float, side: float, size: int) -> np.ndarray:
-    """Inverse of `to_crop`: crop pixels -> photo pixels."""
-    s = size / side
-    return ((np.asarray(points, dtype=np.float64) - (s - 1) / 2) / s + np.array([x0, y0])).astype(np.float32)
-
-
 def load_records(rows: SplitRows, split: str, image_size: int, clahe: dict | None,
                  crop: dict | None = None) -> tuple[dict[str, Any], list[Issue], list[str], list[str]]:
     """Read, check, (crop,) enhance and resize each record's image. Tensors: images uint8 (N, S, S), landmarks
     (N, K, 2) in pixels of the stored image, orig_size (N, 2) the (width, height) the stored image stands for in
-    pixels of the photo, offset (N, 2) its top-left corner in the photo, category, image_id, group, split."""
+    pixels of the photo, offset (N, 2) what maps it into the photo (photo = stored / S * orig_size + offset), category, image_id, group, split."""
     images, landmarks, orig, offsets, cats, ids, groups, tags = [], [], [], [], [], [], [], []
     issues = list(rows.issues)
     for rec in tqdm(rows.records, desc=f"prepare {split}", leave=False):
@@ -117,13 +89,15 @@ def load_records(rows: SplitRows, split: str, image_size: int, clahe: dict | Non
             image = enhance_clahe(image, clahe["clip_limit"], clahe["tile_grid"])
         offset = (0.0, 0.0)
         if crop:
-            x0, y0, side = crop_box(pts, float(crop.get("scale", 1.5)))
+            x0, y0, side = points_square(pts, float(crop.get("scale", 1.5)))
             if side < 2:
                 issues.append(Issue(str(rec.path), "the points span less than 2 pixels: no box to crop", split=where, annotation=rec.source))
                 continue
             image, pts = crop_square(image, x0, y0, side, image_size), to_crop(pts, x0, y0, side, image_size)
             w = h = side
-            offset = (x0, y0)
+            # photo = stored / image_size * side + offset exactly (the crop's pixel-centre shift folded in)
+            shift = (side / image_size - 1) / 2
+            offset = (x0 + shift, y0 + shift)
         elif (w, h) != (image_size, image_size):
             image = cv2.resize(image, (image_size, image_size), interpolation=cv2.INTER_AREA)
             pts = pts * np.array([image_size / w, image_size / h], dtype=np.float32)

@@ -6,13 +6,15 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from studykit.builders import build_module
 from studykit.data.base import fits_on_val
-from studykit.utils.io import csv_text
+from studykit.utils.io import csv_text, safe_torch_load
 from studykit.utils.trust import check_config
 
 
@@ -36,6 +38,30 @@ def best_checkpoint(run_dir: Path, cfg: DictConfig) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: the run's last phase ({stages[-1]}) saved no {name}")
     return path
+
+
+def without_pretrained(cfg: DictConfig) -> DictConfig:
+    """A copy of a run's config whose networks start with no pretrained weights: the checkpoint then sets every
+    tensor, so loading a trained run never reads the file, package or hub it was first initialised from (a
+    run transferred from another run keeps working when that run is moved; a hub run loads offline)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: ({"source": "none"} if k == "pretrained" and isinstance(v, dict) else strip(v)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    return OmegaConf.create(strip(plain))
+
+
+def load_trained_module(run_dir: Path, cfg: DictConfig, checkpoint: Path | None = None):
+    """The run's LightningModule (laid out as its hardware config says) with the weights of `checkpoint`,
+    by default the one it tested (`best_checkpoint`); in eval mode. No pretrained source is read."""
+    module = build_module(without_pretrained(cfg))
+    module.load_state_dict(safe_torch_load(checkpoint or best_checkpoint(run_dir, cfg))["state_dict"])
+    return module.eval()
 
 
 def sweep_members(folder: Path) -> list[Path]:

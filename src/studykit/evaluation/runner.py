@@ -24,48 +24,26 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from studykit.builders import build_datamodule, build_module
+from studykit.builders import build_datamodule
 from studykit.data.base import fits_on_val
 from studykit.evaluation.files import (  # noqa: F401  (re-exported: the run-folder helpers)
     best_checkpoint,
     configuration_key,
     landmark_predictions_csv,
+    load_trained_module,
     per_sample_csv,
     read_landmark_predictions,
     read_per_sample,
     run_config,
     sweep_members,
+    without_pretrained,
 )
 from studykit.evaluation.stats import mean_std, paired_test
 from studykit.tasks import Task, task_of
 from studykit.utils import trust
-from studykit.utils.io import atomic_write_json, atomic_write_text, guard_outputs, make_dirs, safe_torch_load
+from studykit.utils.io import atomic_write_json, atomic_write_text, guard_outputs, make_dirs
 
 log = logging.getLogger(__name__)
-
-
-def without_pretrained(cfg: DictConfig) -> DictConfig:
-    """A copy of a run's config whose networks start with no pretrained weights: the checkpoint then sets every
-    tensor, so loading a trained run never reads the file, package or hub it was first initialised from (a
-    run transferred from another run keeps working when that run is moved; a hub run loads offline)."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-
-    def strip(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: ({"source": "none"} if k == "pretrained" and isinstance(v, dict) else strip(v)) for k, v in node.items()}
-        if isinstance(node, list):
-            return [strip(v) for v in node]
-        return node
-
-    return OmegaConf.create(strip(plain))
-
-
-def load_trained_module(run_dir: Path, cfg: DictConfig, checkpoint: Path | None = None):
-    """The run's LightningModule (laid out as its hardware config says) with the weights of `checkpoint`,
-    by default the one it tested (`best_checkpoint`); in eval mode. No pretrained source is read."""
-    module = build_module(without_pretrained(cfg))
-    module.load_state_dict(safe_torch_load(checkpoint or best_checkpoint(run_dir, cfg))["state_dict"])
-    return module.eval()
 
 
 SPLITS = ("test", "val")
@@ -256,7 +234,7 @@ def evaluate_folds(folder: Path, tta: bool = False, visualize: bool = False, out
         raise ValueError(f"{len(missing)} of {len(everything)} samples are in no fold's test split (e.g. {missing[:3]}): "
                          f"{folder} holds {len(folds)} folds; run the missing ones (data.fold=...)")
     preds, parts, per_fold = [], [], {}
-    for ids, fold_runs in folds.items():
+    for fold_runs in folds.values():
         pred = first.task.combine([run.predict(tta) for run in fold_runs])
         run = fold_runs[0]
         per_fold[run.run_dir.name] = first.task.metrics(pred, run)

@@ -25,6 +25,7 @@ from studykit.data.images import DEFAULT_MAX_PIXELS, read_rgb
 from studykit.preprocessing.detection import FACE_SELECTION, mtcnn_detect, select_faces
 from studykit.preprocessing.dlib68 import dlib_detect, dlib_points, predictor_box, predictor_path
 from studykit.preprocessing.geometry import crop_box, landmark_heatmap, map_points
+from studykit.preprocessing.landmark_run import run_fingerprint
 from studykit.preprocessing.pipeline import Stage
 from studykit.utils.io import atomic_write_text
 
@@ -162,22 +163,29 @@ def enhanced_tensors(state: dict[str, Any], params: dict[str, Any], folder: Path
     return {"enhanced": enhanced}
 
 
-# ---- 4. dlib landmarks --------------------------------------------------------------------------------------
+# ---- 4. landmarks (dlib, or a trained run) ------------------------------------------------------------------
+BACKENDS = ("dlib", "run")
 
 
-# ---- 4. dlib landmarks --------------------------------------------------------------------------------------
 def landmarks(state: dict[str, Any], params: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """dlib's 68 points per face, on the original image (`image: raw`) or the enhanced one (`image: enhanced`),
-    started from the box `box` / `fallback` choose (predictor_box); `box_source` records which was used."""
+    """68 points per face, on the original image (`image: raw`) or the enhanced one (`image: enhanced`).
+    `backend: dlib`: dlib's predictor, started from the box `box` / `fallback` choose (predictor_box).
+    `backend: run`: a trained landmark run (`run: {run_dir, box_mapping, passes}`, studykit.preprocessing.landmark_run)
+    from the face's detector box. `box_source` records which box each face started from."""
+    backend = str(params.get("backend", "dlib"))
+    if backend not in BACKENDS:
+        raise ValueError(f"landmarks.backend must be one of {BACKENDS}, got {backend!r}")
+    image_key = {"raw": "images", "enhanced": "enhanced"}.get(str(params.get("image", "raw")))
+    if image_key is None or image_key not in state:
+        raise ValueError(f"landmarks.image must be raw or enhanced (enhanced needs the enhanced_tensors stage first), "
+                         f"got {params.get('image')!r}")
+    if backend == "run":
+        return run_landmarks(state, params, folder, image_key)
     import dlib
 
     predictor = dlib.shape_predictor(str(predictor_path(params.get("predictor_path"))))
     source, fallback = str(params.get("box", "refine")), str(params.get("fallback", "mapped"))
     detector = dlib.get_frontal_face_detector() if source == "refine" else None
-    image_key = {"raw": "images", "enhanced": "enhanced"}.get(str(params.get("image", "raw")))
-    if image_key is None or image_key not in state:
-        raise ValueError(f"landmarks.image must be raw or enhanced (enhanced needs the enhanced_tensors stage first), "
-                         f"got {params.get('image')!r}")
     n = len(state["paths"])
     points = torch.full((n, 68, 2), float("nan"))
     used = [""] * n
@@ -191,6 +199,29 @@ def landmarks(state: dict[str, Any], params: dict[str, Any], folder: Path) -> di
         grey, found = greys[key]
         box, used[i] = predictor_box(state["boxes"][i].numpy(), found, source, fallback, params.get("box_mapping"))
         points[i] = torch.from_numpy(dlib_points(predictor, grey, box))
+    write_results_csv(folder / "results.csv", {**state, "landmarks": points})
+    return {"landmarks": points, "box_source": used}
+
+
+def run_landmarks(state: dict[str, Any], params: dict[str, Any], folder: Path, image_key: str) -> dict[str, Any]:
+    from studykit.preprocessing.landmark_run import RunLandmarks
+
+    run = dict(params.get("run") or {})
+    if not run.get("run_dir"):
+        raise ValueError("landmarks.backend=run needs landmarks.run.run_dir: a trained landmark run (experiment=face68_helen)")
+    model = RunLandmarks(run["run_dir"], run.get("box_mapping"), int(run.get("passes", 2)))
+    if model.num_points != 68:
+        raise ValueError(f"{run['run_dir']} predicts {model.num_points} points; the face pipeline's landmark stage needs 68")
+    n = len(state["paths"])
+    points = torch.full((n, 68, 2), float("nan"))
+    used = [""] * n
+    greys: dict[int, np.ndarray] = {}
+    for i in tqdm(ok_indices(state), desc="run landmarks", leave=False):
+        key = id(state[image_key][i])
+        if key not in greys:
+            greys[key] = cv2.cvtColor(state[image_key][i].permute(1, 2, 0).numpy(), cv2.COLOR_RGB2GRAY)
+        points[i] = torch.from_numpy(model.points(greys[key], state["boxes"][i].numpy()))
+        used[i] = "run"
     write_results_csv(folder / "results.csv", {**state, "landmarks": points})
     return {"landmarks": points, "box_source": used}
 
@@ -267,7 +298,7 @@ STAGES = {stage.name: stage for stage in (
     Stage("mtcnn_boxes", mtcnn_boxes, needs=("images",), makes=("boxes",), version=2),
     Stage("full_frame_boxes", full_frame_boxes, needs=("images",), makes=("boxes",)),
     Stage("enhanced_tensors", enhanced_tensors, needs=("images",), makes=("enhanced",), version=2),
-    Stage("landmarks", landmarks, needs=("images", "boxes"), makes=("landmarks",), version=2),
+    Stage("landmarks", landmarks, needs=("images", "boxes"), makes=("landmarks",), version=2, extra_key=run_fingerprint),
     Stage("crop_resize", crop_resize, needs=("images", "boxes"), makes=("face_images",)),
     Stage("four_channel", four_channel, needs=("face_images", "landmarks"), makes=("four_channel",)),
 )}

@@ -39,6 +39,8 @@ class Stage:
     code: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     output: str = ""  # the .pt file the outputs are saved to (default: <name>.pt)
+    # what else keys the cache, from the parameters (e.g. the content of a model file they name)
+    extra_key: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if not self.code:
@@ -66,6 +68,8 @@ def run_pipeline(stages: list[Stage], cache_root: str | Path, source: dict[str, 
     results = []
     for stage in stages:
         key = {"stage": stage.name, "version": stage.version, "code": stage.code, "params": stage.params, "upstream": upstream}
+        if stage.extra_key is not None:
+            key["extra"] = stage.extra_key(stage.params)
         start = time.perf_counter()
 
         def build(folder: Path, stage: Stage = stage) -> dict[str, Any]:
