@@ -37,7 +37,7 @@ def compose(root: Path, tmp: Path, extra: list[str]):
                        tmp / "run", tmp / "cache")
 
 
-def test_class_folders_with_defects_train_stratified(class_folders, tmp_path):
+def test_class_folders_with_defects_train_on_stratified_folds(class_folders, tmp_path):
     cfg = compose(class_folders, tmp_path, ["trainer.fast_dev_run=true"])
     train(cfg)
     assert list(cfg.task.module.classes) == ["happy", "neutral", "sad"] and cfg.task.module.num_classes == 3
