@@ -3,7 +3,7 @@ PY ?= .venv/bin/python
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint constraints prepare preprocess train evaluate predict export sweep sweep-ensemble bench bench-quick bench-best bench-overhead bench-speed bench-inference bench-face-landmarks clean
+.PHONY: help setup test lint constraints prepare preprocess train evaluate predict export sweep sweep-ensemble bench bench-quick bench-best bench-overhead bench-speed bench-inference bench-face-landmarks bench-class-folders clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -67,8 +67,11 @@ bench-speed: ## train/inference images/s per backbone: fp32/bf16 x NCHW/channels
 bench-inference: ## CXR and FER+ models: torch NCHW / channels_last / bf16 vs onnxruntime -> benchmarks/results/inference.json
 	$(PY) benchmarks/inference.py $(ARGS)
 
-bench-face-landmarks: ## the 68-point stage on AFW's human annotations (NME, failures, face choice) -> benchmarks/results/face_landmarks.json
+bench-face-landmarks: ## the 68-point stage on HELEN test and AFW (dlib; a face68 run with ARGS="--run <run>") -> benchmarks/results/face_landmarks.json
 	$(PY) benchmarks/face_landmarks.py $(ARGS)
+
+bench-class-folders: ## class-folder defaults chosen on validation (JAFFE, FER+ subset) vs a plain loop -> benchmarks/results/class_folder_defaults.json
+	$(PY) benchmarks/class_folder_defaults.py $(ARGS)
 
 clean: ## remove caches, outputs and multirun folders
 	rm -rf .cache outputs multirun benchmarks/runs

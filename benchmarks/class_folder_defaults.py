@@ -123,6 +123,11 @@ def main() -> None:
                                         "n": sum(p["n"] for p in plain), "per_fold": plain},
                          "folds": len(folds_of(name, args))}
         entry["test"]["default_minus_plain"] = entry["test"]["default"]["accuracy"] - entry["test"]["plain_loop"]["accuracy"]
+        if pooled is not None:  # evaluate.py folds= against the fold reports' sample-weighted mean (face_expression.py's rule)
+            reports = [json.loads((folder / str(f) / "test_report.json").read_text()) for f in folds_of(name, args)]
+            weighted = sum(r["accuracy"] * r["n_samples"] for r in reports) / sum(r["n_samples"] for r in reports)
+            entry["test"]["pooled_check"] = {"evaluate_folds_accuracy": pooled["accuracy"], "fold_reports_weighted_mean": weighted,
+                                             "samples": pooled["coverage"]["samples"], "equal": abs(pooled["accuracy"] - weighted) < 1e-6}
         print(name, json.dumps(entry["test"]["default"]), "plain", entry["test"]["plain_loop"]["accuracy"], flush=True)
         save_results(args.results, results)
     results.update({"machine": machine(), **script_provenance(), "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")})

@@ -227,3 +227,31 @@ def test_a_trained_face_run_serves_as_the_pipeline_landmark_stage(tmp_path):
         assert torch.isfinite(pts).all() and pts.shape == (68, 2)
         assert (pts[:, 0] > x1 - side).all() and (pts[:, 0] < x2 + side).all() and (pts[:, 1] > y1 - side).all() and (pts[:, 1] < y2 + side).all()
     assert run_fingerprint(stage)["weights_sha256"] and run_fingerprint({"backend": "dlib"}) == {}
+
+
+def test_split_lists_assign_images_and_unlisted_ones_are_refused(tmp_path):
+    root = tmp_path / "faces"
+    names = copy_faces(root / "imgs", "helen_train_crops", 6)
+    (root / "train.txt").write_text("\n".join(f"{n}.jpg" for n in names[:3]) + "\n")
+    (root / "val.txt").write_text(f"# one image\n{names[3]}\n")                       # a name without its suffix
+    (root / "test.txt").write_text(f"imgs/{names[4]}.jpg\n{names[5]}.jpg\nmissing.jpg\n")
+    lists = {"train": "train.txt", "val": "val.txt", "test": "test.txt"}
+    status = prepare_landmark_folder(root, tmp_path / "cache", format="pts", num_landmarks=68, images=".", lists=lists,
+                                     one_based=True, image_size=32, crop={"scale": 1.2})
+    tensors = load_cached(status.path, "all.pt")
+    cut = cut_splits(tensors, "given", 0, 5, 0.1, 0.0, 0, "t")
+    assert [len(cut[s]["image_id"]) for s in ("train", "val", "test")] == [3, 1, 2]
+    issues = json.loads((status.path / "report.json").read_text())["issues"]
+    assert len(issues) == 1 and "missing.jpg" in issues[0]["reason"] and issues[0]["split"] == "test"
+
+
+def test_folders_per_split_may_list_several_folders(tmp_path):
+    root = tmp_path / "faces"
+    copy_faces(root / "a", "helen_train_crops", 2)
+    copy_faces(root / "b", "afw_300w", 2)
+    copy_faces(root / "c", "helen_test_300w", 2)
+    status = prepare_landmark_folder(root, tmp_path / "cache", format="pts", num_landmarks=68, images={"train": ["a", "b"], "test": "c"},
+                                     one_based=True, image_size=32, crop={"scale": 1.2})
+    tensors = load_cached(status.path, "all.pt")
+    assert tensors["split"] == ["train"] * 4 + ["test"] * 2
+    assert sorted(g.rsplit("/", 2)[1] for g in tensors["group"]) == ["a", "a", "b", "b", "c", "c"]

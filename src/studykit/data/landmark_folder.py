@@ -324,7 +324,7 @@ def prepare_landmark_folder(
     cache_dir: str | Path,
     format: str,
     num_landmarks: int,
-    images: str | dict[str, str] = ".",
+    images: str | dict[str, str | list[str]] = ".",
     annotations: str | dict[str, str] | None = None,
     lists: dict[str, str] | None = None,
     csv_options: dict[str, Any] | None = None,
@@ -342,14 +342,17 @@ def prepare_landmark_folder(
         raise ValueError(f"data.prepare.format must be one of {FORMATS}, got {format!r}")
     root = data_root(root)
     # one image folder, or (pts) a folder per split: {train: a, test: b}
+    # one image folder, or (pts) folders per split: {train: [a, b], test: c}
     folders = {str(k): v for k, v in images.items()} if isinstance(images, dict) else {"": images}
     if len(folders) > 1 and format != "pts":
         raise ValueError("data.prepare.images maps splits to folders only for format pts; csv and coco name one folder")
-    image_roots = {}
-    for split, rel in folders.items():
-        image_roots[split] = safe_join(root, str(rel), source="data.prepare.images")
-        if not image_roots[split].is_dir():
-            raise FileNotFoundError(f"image folder {image_roots[split]} does not exist")
+    image_roots: dict[str, list[Path]] = {}
+    for split, rels in folders.items():
+        image_roots[split] = [safe_join(root, str(rel), source="data.prepare.images") for rel in (rels if isinstance(rels, list) else [rels])]
+        for folder in image_roots[split]:
+            if not folder.is_dir():
+                raise FileNotFoundError(f"image folder {folder} does not exist")
+    image_root = next(iter(image_roots.values()))[0]
     image_root = next(iter(image_roots.values()))
     if format in ("csv", "coco") and annotations is None:
         raise ValueError(f"format {format} needs data.prepare.annotations (a file, or a mapping split -> file)")
@@ -369,11 +372,11 @@ def prepare_landmark_folder(
     }
 
     def build(folder: Path) -> dict[str, Any]:
-        indexes = {split: ImageIndex(path) for split, path in image_roots.items()}
+        indexes = {(split, path): ImageIndex(path) for split, paths in image_roots.items() for path in paths}
         index = next(iter(indexes.values()))
         rows = SplitRows()
-        if format == "pts" and len(indexes) > 1:
-            for split, split_index in indexes.items():
+        if format == "pts" and isinstance(images, dict):  # the folders give the splits
+            for (split, _), split_index in indexes.items():
                 part = parse_pts(split_index, None, int(num_landmarks), categories, category_from, one_based, split)
                 rows.records += part.records
                 rows.issues += part.issues
