@@ -256,11 +256,16 @@ def test_a_folder_data_set_with_too_few_photos_is_refused_before_training(tmp_pa
             shutil.copy(path, root / folder / path.name)
     cfg = compose_cfg("train", ["data=image_folder", f"data.root={root}", "model=resnet18", *FAST_FACES, "callbacks.progress=null",
                                 "trainer.max_epochs=1"], tmp_path / "run", tmp_path / "cache")
-    with pytest.raises(ValueError, match=r"split\(s\) \['val', 'test'\] hold no faces.*fewer: \{'happy': 2, 'sad': 2\}"):
+    with pytest.raises(ValueError, match=r"data.n_folds=5: cross-validation needs 2 to 4 folds here"):  # the default: 5 folds
         train(cfg)
     assert not list((tmp_path / "run").glob("checkpoints/*/*.ckpt"))  # refused before any epoch
+    cfg = compose_cfg("train", ["data=image_folder", f"data.root={root}", "model=resnet18", *FAST_FACES, "callbacks.progress=null",
+                                "trainer.max_epochs=1", "data.split_by=stratified"], tmp_path / "run1", tmp_path / "cache")
+    with pytest.raises(ValueError, match=r"split\(s\) \['val', 'test'\] hold no faces.*fewer: \{'happy': 2, 'sad': 2\}"):
+        train(cfg)
+    assert not list((tmp_path / "run1").glob("checkpoints/*/*.ckpt"))
     cfg = compose_cfg("train", ["data=image_folder", f"data.root={root}", "model=resnet18", *FAST_FACES, "data.val_fraction=0",
-                                "data.test_fraction=0.5"], tmp_path / "run2", tmp_path / "cache")
+                                "data.test_fraction=0.5", "data.split_by=stratified"], tmp_path / "run2", tmp_path / "cache")
     dm = build_datamodule(cfg)
     dm.prepare_data()
     with pytest.raises(ValueError, match=r"\['val'\] hold no faces \(data.val_fraction=0.0"):

@@ -98,12 +98,14 @@ def test_every_evaluate_mode_serves_every_task(task_sweep, tmp_path):
 def test_options_a_mode_does_not_use_are_refused(task_sweep, tmp_path):
     _, folder, cache = task_sweep
     for option in ("tta=true", "split=val"):
-        with pytest.raises(ValueError, match="tta=, visualize= and split= apply to run_dir= and ensemble="):
+        with pytest.raises(ValueError, match="tta=, visualize= and split= apply to run_dir=, ensemble= and folds="):
             run_evaluate([f"sweep={folder}", option], tmp_path, cache)
     with pytest.raises(ValueError, match="checkpoint= applies to run_dir= only"):
         run_evaluate([f"ensemble={folder}", "checkpoint=best.ckpt"], tmp_path, cache)
-    with pytest.raises(ValueError, match="overrides= applies to run_dir= and ensemble="):
+    with pytest.raises(ValueError, match="overrides= applies to run_dir=, ensemble= and folds="):
         run_evaluate([f"sweep={folder}", "overrides=['data.batch_size=4']"], tmp_path, cache)
+    with pytest.raises(ValueError, match="folds= pools the folds' test splits; split= does not apply"):
+        run_evaluate([f"folds={folder}", "split=val"], tmp_path, cache)
 
 
 def test_tasks_are_registered_by_name_and_found_from_configs(tmp_path):

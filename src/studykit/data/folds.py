@@ -47,7 +47,8 @@ def group_folds(groups: Sequence[str], n_folds: int, labels: Sequence[str] | Non
     (stratified folds). Every group lands in exactly one fold."""
     unique = sorted(set(groups))
     if n_folds < 2 or n_folds > len(unique):
-        raise ValueError(f"n_folds must be between 2 and the number of groups ({len(unique)}), got {n_folds}")
+        raise ValueError(f"data.n_folds={n_folds}: cross-validation needs 2 to {len(unique)} folds here (one per group at most: "
+                         f"the data holds {len(unique)} subjects, photos or images to deal into folds)")
     if labels is None:
         strata = {"": unique}
     else:
