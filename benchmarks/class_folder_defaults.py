@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import ROOT, RUNS, load_results, machine, run_train, save_results, script_provenance
+from common import DATA_ROOT, ROOT, RUNS, load_results, machine, run_train, save_results, script_provenance
 
 RESULTS = ROOT / "benchmarks" / "results" / "class_folder_defaults.json"
 RECIPE = ["model=efficientnet_lite0", "phase=warmup_cosine", "phase.stages.finetune.epochs=12", "data.input_size=96",
@@ -51,7 +51,8 @@ def plain_loop(overrides: list[str], epochs: int = 12, seed: int = 42) -> dict:
     from studykit.models.backbones import create_backbone
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+        # the data and cache of train.py's runs (run from the repository root), wherever this script is started
+        cfg = compose("train", overrides=[*overrides, f"paths.data_root={DATA_ROOT}", f"paths.cache_dir={ROOT / '.cache'}"])
     torch.manual_seed(seed)
     dm = build_datamodule(cfg)
     dm.prepare_data()

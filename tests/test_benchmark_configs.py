@@ -12,13 +12,15 @@ from studykit.data.augment import build_augmentation
 from tests.conftest import CONF, ROOT, compose_cfg
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import class_folder_defaults  # noqa: E402
 import cxr_landmarks_best  # noqa: E402
 
 import cxr_landmarks  # noqa: E402  (a script beside its `common` module, not a package)
 
 EXPERIMENTS = sorted(p.relative_to(CONF / "experiment").with_suffix("").as_posix() for p in (CONF / "experiment").rglob("*.yaml"))
 # configurations that need a value only the user has (a FER+ run's checkpoint)
-NEEDS = {"jaffe_transfer": ["model.backbone.pretrained.path=/runs/ferplus/checkpoints/finetune/best.ckpt"]}
+NEEDS = {"jaffe_transfer": ["model.backbone.pretrained.path=/runs/ferplus/checkpoints/finetune/best.ckpt"],
+         "class_folders": ["data.root=/any/photos"]}
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -56,3 +58,13 @@ def test_headline_recipes_are_what_the_benchmarks_measured(tmp_path):
     assert "four_channel" in jaffe.data.prepare.pipeline.stages and jaffe.data.input_size == 80
     main = compose_cfg("train", ["experiment=cxr_refit"], tmp_path)
     assert list(main.data.fit_splits) == ["train", "val"] and main.test_tta and main.phase.stages.finetune.epochs == 70
+
+
+def test_the_class_folder_recipe_is_the_one_the_benchmark_chose_and_refit(tmp_path):
+    """experiment=class_folders on a data set composes exactly as benchmarks/class_folder_defaults.py's refit runs."""
+    for data in class_folder_defaults.SETS.values():
+        measured = compose_cfg("train", [*data, *class_folder_defaults.RECIPE, class_folder_defaults.HEADS["linear"],
+                                         "data.fit_splits=[train,val]"], tmp_path)
+        recipe = compose_cfg("train", ["experiment=class_folders", *data, "seed=42"], tmp_path)
+        for section in ("data", "model", "phase", "loss", "task", "callbacks", "trainer"):
+            assert OmegaConf.to_container(measured[section], resolve=True) == OmegaConf.to_container(recipe[section], resolve=True), section
