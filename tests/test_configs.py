@@ -24,7 +24,7 @@ def choices(group: str) -> list[str]:
 # a data config brings its task and loss; a task chosen alone needs a data set that serves it
 COMPANIONS = {
     "task=distribution": ["data=ferplus_distribution"], "task=classification": ["data=jaffe"],
-    "data=image_folder": ["data.root=/any/folder/jaffe_db"],
+    "data=image_folder": ["data.root=/any/folder/jaffe_db"], "experiment=class_folders": ["data.root=/any/folder/jaffe_db"],
     "data=landmark_folder": ["data.root=/any/folder/cxr_landmarks", "data.prepare.num_landmarks=15"],
     "data=distribution_folder": ["data.root=/any/folder/ferplus"],
 }
