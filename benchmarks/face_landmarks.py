@@ -289,8 +289,12 @@ def main() -> None:
         run_model = RunLandmarks(args.run, run_fit["mapping"], passes=2)
         tested = args.run / "test_report.json"
         report = json.loads(tested.read_text()) if tested.is_file() else {}
+        summary = args.run / "train_summary.json"
+        stages = json.loads(summary.read_text())["stages"] if summary.is_file() else {}
         results["run"] = {"run_dir": str(args.run), "box_mapping_fit": run_fit, "passes": 2,
-                          "test_report_nme": report.get("nme"), "torch_threads": torch.get_num_threads()}
+                          "test_report_nme": report.get("nme"), "torch_threads": torch.get_num_threads(),
+                          "train_minutes": sum(v["seconds"] for v in stages.values()) / 60 if stages else None,
+                          "train_epochs": sum(v["epochs_run"] for v in stages.values()) if stages else None}
     for name in args.sets.split(","):
         folder = faces_root / SETS[name]
         out, curves = measure(folder, read_faces(folder, args.limit), mtcnn, hog, predictor, fit["mapping"], run_model, args)

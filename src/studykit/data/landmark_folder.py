@@ -129,8 +129,9 @@ class ImageIndex:
 
     def __init__(self, folder: Path):
         self.folder = folder
+        self.files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         self.by_name: dict[str, list[Path]] = {}
-        for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+        for path in self.files:
             for key in {path.name, path.stem}:
                 self.by_name.setdefault(key, []).append(path)
 
@@ -247,8 +248,7 @@ def parse_pts(images: ImageIndex, names: list[str] | None, num_points: int, cate
     """Every image with a `.pts` beside it (or the listed images, whose missing .pts are recorded)."""
     out = SplitRows()
     if names is None:
-        paths = sorted(p for ps in images.by_name.values() for p in ps if p.with_suffix(".pts").is_file())
-        paths = sorted(set(paths))
+        paths = [p for p in images.files if p.with_suffix(".pts").is_file()]
     else:
         paths = []
         for name in names:
@@ -406,8 +406,7 @@ def prepare_landmark_folder(
         tensors.update({"categories": categories, "group": groups, "split": tags})
         atomic_torch_save(tensors, folder / "all.pt")
         referenced = {r.path for r in rows.records}
-        unannotated = sorted(relative_posix(p, root) for ix in indexes.values() for p in {q for ps in ix.by_name.values() for q in ps}
-                             - referenced)
+        unannotated = sorted(relative_posix(p, root) for ix in indexes.values() for p in ix.files if p not in referenced)
         report = {"kept": len(groups), "skipped": len(issues), "issues": [i.as_dict() for i in issues],
                   "splits_given": {t: tags.count(t) for t in sorted(set(tags))}, "unannotated_images": unannotated}
         if unannotated:
