@@ -12,6 +12,7 @@ faces and Lite0 weights, a linear head, AdamW + cosine, the same epochs and flip
 
     python benchmarks/class_folder_defaults.py                 # -> benchmarks/results/class_folder_defaults.json
     python benchmarks/class_folder_defaults.py --sets jaffe --folds 0,1
+    python benchmarks/class_folder_defaults.py --sets jaffe --probe --seeds 42,1,2 --variants default,plain_loop
 """
 
 from __future__ import annotations
@@ -36,19 +37,30 @@ SETS = {
     "ferplus_subset": ["data=ferplus_expression", "data.prepare.limit_per_split={train:1500,val:300,test:600}"],
 }
 HEADS = {"seed_mlp": "model/head=mlp", "linear": "model/head=linear"}
+# --probe: the refit default with one difference from the plain loop removed at a time, and the plain loop with the
+# framework's warm-up; each over --seeds and every fold, to tell a cause of the gap from seed noise
+PROBES = {
+    "default": [],
+    "no_warmup": ["phase.stages.finetune.scheduler.warmup=0"],
+    "contiguous": ["hardware.channels_last=false"],
+    "no_warmup_contiguous": ["phase.stages.finetune.scheduler.warmup=0", "hardware.channels_last=false"],
+}
+PLAIN_PROBES = {"plain_loop": 0.0, "plain_loop_warmup": 0.1}
 
 
 def folds_of(name: str, args) -> list[int | None]:
     return [int(f) for f in args.folds.split(",")] if name == "jaffe" else [None]
 
 
-def plain_loop(overrides: list[str], epochs: int = 12, seed: int = 42) -> dict:
-    """The reference: the data module's cached faces, Lite0 (same ImageNet weights), a linear head, a plain loop."""
+def plain_loop(overrides: list[str], epochs: int = 12, seed: int = 42, warmup: float = 0.0) -> dict:
+    """The reference: the data module's cached faces, Lite0 (same ImageNet weights), a linear head, a plain loop.
+    `warmup` > 0: the framework's warm-up + cosine factor instead of a plain cosine (for the probes)."""
     from hydra import compose, initialize_config_dir
 
     import studykit.config  # noqa: F401
     from studykit.builders import build_datamodule
     from studykit.models.backbones import create_backbone
+    from studykit.models.base import warmup_cosine_factor
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         # the data and cache of train.py's runs (run from the repository root), wherever this script is started
@@ -63,7 +75,8 @@ def plain_loop(overrides: list[str], epochs: int = 12, seed: int = 42) -> dict:
     loader = torch.utils.data.DataLoader(train_set, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
     steps = epochs * len(loader)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    factor = warmup_cosine_factor(steps, round(warmup * steps)) if warmup else (lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     start = time.perf_counter()
     for _ in range(epochs):
         model.train()
@@ -81,15 +94,56 @@ def plain_loop(overrides: list[str], epochs: int = 12, seed: int = 42) -> dict:
             "seconds": time.perf_counter() - start}
 
 
+def probe(results: dict, args) -> None:
+    """Pooled test accuracy of each --variants entry (PROBES or PLAIN_PROBES) for each --seeds seed, over every fold;
+    the linear head refit on train + val, as the default recipe."""
+    from studykit.evaluation.runner import evaluate_folds
+
+    for name in args.sets.split(","):
+        probes = results["sets"].setdefault(name, {}).setdefault("probes", {})
+        for variant in args.variants.split(","):
+            if variant not in PROBES and variant not in PLAIN_PROBES:
+                raise SystemExit(f"--variants: {variant!r} is none of {sorted(PROBES) + sorted(PLAIN_PROBES)}")
+            for seed in [int(s) for s in args.seeds.split(",")]:
+                per_fold = []
+                folder = RUNS / "class_folder" / name / f"probe-{variant}-s{seed}"
+                for fold in folds_of(name, args):
+                    fold_args = [f"data.fold={fold}"] if fold is not None else []
+                    overrides = [*SETS[name], *[r for r in RECIPE if not r.startswith("seed=")], f"seed={seed}", *fold_args]
+                    if variant in PLAIN_PROBES:
+                        out = plain_loop(overrides, seed=seed, warmup=PLAIN_PROBES[variant])
+                        per_fold.append({"correct": out["correct"], "n": out["n"]})
+                    else:
+                        run = run_train([*overrides, HEADS["linear"], "data.fit_splits=[train,val]", *PROBES[variant]], folder / str(fold or 0))
+                        report = run["report"]
+                        per_fold.append({"correct": round(report["accuracy"] * report["n_samples"]), "n": report["n_samples"]})
+                accuracy = sum(f["correct"] for f in per_fold) / sum(f["n"] for f in per_fold)
+                if variant in PROBES and name == "jaffe" and len(per_fold) == 5:
+                    accuracy = evaluate_folds(folder)["accuracy"]
+                probes.setdefault(variant, {"overrides": PROBES.get(variant), "plain_warmup": PLAIN_PROBES.get(variant), "seeds": {}})
+                probes[variant]["seeds"][str(seed)] = {"accuracy": accuracy, "per_fold": [f["correct"] / f["n"] for f in per_fold]}
+                accs = [v["accuracy"] for v in probes[variant]["seeds"].values()]
+                probes[variant].update(mean=float(np.mean(accs)), std=float(np.std(accs, ddof=1)) if len(accs) > 1 else None, n_seeds=len(accs))
+                print(name, variant, seed, accuracy, flush=True)
+                results["probes_provenance"] = {"machine": machine(), **script_provenance(),
+                                                "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                save_results(args.results, results)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", default="jaffe,ferplus_subset")
     parser.add_argument("--folds", default="0,1,2,3,4")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--probe", action="store_true", help="only the probes: --variants over --seeds (pooled test accuracy)")
+    parser.add_argument("--variants", default=",".join([*PROBES, *PLAIN_PROBES]))
+    parser.add_argument("--seeds", default="42")
     args = parser.parse_args()
     from studykit.evaluation.runner import evaluate_folds
 
     results = load_results(args.results, {"sets": {}})
+    if args.probe:
+        return probe(results, args)
     results.update({"recipe": RECIPE, "heads": HEADS, "chosen_by": "validation accuracy, mean over the sets (JAFFE: over its folds)"})
     for name in args.sets.split(","):
         entry = results["sets"].setdefault(name, {"validation": {}, "test": {}})
