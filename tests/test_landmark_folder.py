@@ -255,3 +255,47 @@ def test_folders_per_split_may_list_several_folders(tmp_path):
     tensors = load_cached(status.path, "all.pt")
     assert tensors["split"] == ["train"] * 4 + ["test"] * 2
     assert sorted(g.rsplit("/", 2)[1] for g in tensors["group"]) == ["a", "a", "b", "b", "c", "c"]
+
+
+def test_an_extra_training_split_leaves_train_val_and_test_as_they_were(tmp_path):
+    """images {train: a, afw: b, test: c} with data.fit_splits=[train, afw]: validation is carved from `a` alone (the
+    same faces as without `b`), the training set is a + b less validation, and an extra split that is not named in
+    fit_splits, or named but absent from the data, is refused with the split's name."""
+    root = tmp_path / "faces"
+    copy_faces(root / "a", "helen_train_crops", 6)
+    copy_faces(root / "b", "afw_300w", 3)
+    copy_faces(root / "c", "helen_test_300w", 2)
+    common = ["data=face68_helen", f"data.root={root}", "data.prepare.image_size=32", "data.input_size=32", "data.val_fraction=0.34"]
+    cuts = {}
+    images, with_afw = "data.prepare.images={train:a,test:c}", "+data.prepare.images.afw=b"
+    for name, extra in (("plain", [images]), ("extra", [images, with_afw, "data.fit_splits=[train,afw]"])):
+        cfg = compose_cfg("train", [*common, *extra], tmp_path / name, tmp_path / "cache")
+        dm = build_datamodule(cfg)
+        dm.setup("fit")
+        cuts[name] = {s: dm.load_split(s)["image_id"] for s in ("train", "val", "test")}
+        cuts[name]["fit"] = len(dm.train_set)
+    assert {s: cuts["extra"][s] for s in ("train", "val", "test")} == {s: cuts["plain"][s] for s in ("train", "val", "test")}
+    assert len(cuts["plain"]["val"]) == 2 and cuts["plain"]["fit"] == 4 and cuts["extra"]["fit"] == 4 + 3
+    unnamed = build_datamodule(compose_cfg("train", [*common, images, with_afw], tmp_path / "u", tmp_path / "cache"))
+    with pytest.raises(ValueError, match=r"splits \['afw'\].*data.fit_splits"):
+        unnamed.setup("fit")
+    absent = build_datamodule(compose_cfg("train", [*common, images, "data.fit_splits=[train,afw]"], tmp_path / "m", tmp_path / "cache"))
+    with pytest.raises(ValueError, match="no split 'afw'"):
+        absent.setup("fit")
+
+
+def test_csv_images_assigned_to_splits_by_lists(tmp_path):
+    root = tmp_path / "set"
+    names = copy_faces(root / "images", "afw_300w", 4)
+    rows = [f"{n}.jpg," + ",".join((root / "images" / f"{n}.pts").read_text().split()) for n in names]
+    (root / "points.csv").write_text("\n".join(rows) + "\n")
+    (root / "train.txt").write_text(f"{names[0]}.jpg\n{names[1]}.jpg\n")
+    (root / "test.txt").write_text(f"images/{names[2]}.jpg\nnowhere.jpg\n")         # a path under the root; a missing image
+    status = prepare_landmark_folder(root, tmp_path / "cache", format="csv", num_landmarks=68, images="images",
+                                     annotations="points.csv", lists={"train": "train.txt", "test": "test.txt"},
+                                     csv_options={"header": False}, image_size=32, crop={"scale": 1.2}, one_based=True)
+    tensors = load_cached(status.path, "all.pt")
+    assert dict(zip(tensors["image_id"], tensors["split"])) == {f"{names[0]}.jpg": "train", f"{names[1]}.jpg": "train",
+                                                                f"{names[2]}.jpg": "test", f"{names[3]}.jpg": ""}
+    issues = json.loads((status.path / "report.json").read_text())["issues"]
+    assert len(issues) == 1 and "nowhere.jpg" in issues[0]["reason"] and issues[0]["split"] == "test"

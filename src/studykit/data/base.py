@@ -104,23 +104,26 @@ SPLIT_BY = ("given", "random", "folds")
 
 
 def cut_splits(tensors: dict[str, Any], split_by: str, fold: int, n_folds: int, val_fraction: float, test_fraction: float,
-               split_seed: int, where: str) -> dict[str, dict[str, Any]]:
+               split_seed: int, where: str, extra: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
     """train / val / test from a cache's `all.pt`: the splits its annotation files or lists gave (`given`; with no
     validation given, `val_fraction` of the training groups, drawn with `split_seed`), a
     seeded random split (`random`), or cross-validation fold `fold` of `n_folds` seeded folds (`folds`); every
-    sample of one group (an image file) in one split."""
+    sample of one group (an image file) in one split. `extra` (given only): further split names the data may carry,
+    extra training data named in `data.fit_splits` (e.g. [train, afw]); validation is never carved from them, so
+    adding one leaves train / val / test as they were."""
     groups = list(tensors["group"])
     if split_by == "given":
         tags = np.asarray(tensors["split"])
-        unknown = sorted(set(tags.tolist()) - set(SPLITS))
+        unknown = sorted(set(tags.tolist()) - set(SPLITS) - set(extra))
         if unknown:
             raise ValueError(f"{where}: samples carry splits {unknown}; split_by=given needs every sample in train, val or "
-                             "test (annotation files or lists per split), or use split_by=random or folds")
+                             "test (annotation files or lists per split) or in an extra split named in data.fit_splits, "
+                             "or use split_by=random or folds")
         if not (tags == "val").any() and val_fraction > 0:  # no validation given: a seeded fraction of the training groups
             train_groups = [g for g, t in zip(groups, tags) if t == "train"]
             carved = random_split(train_groups, val_fraction, 0.0, split_seed)
             tags = np.asarray(["val" if t == "train" and carved[g] == "val" else t for g, t in zip(groups, tags)])
-        masks = {name: tags == name for name in SPLITS}
+        masks = {name: tags == name for name in (*SPLITS, *extra)}
     elif split_by == "random":
         split_of = random_split(groups, val_fraction, test_fraction, split_seed)
         tags = np.asarray([split_of[g] for g in groups])
@@ -172,6 +175,11 @@ class CachedDataModule(L.LightningDataModule):
         self.cache_folder: Path | None = None
         self.splits: dict[str, dict[str, Any]] = {}
 
+    @property
+    def extra_splits(self) -> tuple[str, ...]:
+        """Training splits besides train / val (data.fit_splits: [train, afw]): extra data the files or lists give."""
+        return tuple(s for s in self.fit_splits if s not in SPLITS)
+
     def build_cache(self) -> CacheStatus:
         raise NotImplementedError
 
@@ -196,13 +204,18 @@ class CachedDataModule(L.LightningDataModule):
                 self.prepare_data()
             if (self.cache_folder / "all.pt").is_file():  # one file of every sample, cut here (folds, random splits)
                 cut = cut_splits(load_cached(self.cache_folder, "all.pt"), self.split_by, self.fold, self.n_folds, self.val_fraction,
-                                 self.test_fraction, self.split_seed, f"{self.name} ({self.cache_folder})")
+                                 self.test_fraction, self.split_seed, f"{self.name} ({self.cache_folder})", self.extra_splits)
                 for name, part in cut.items():
                     self.splits.setdefault(name, part)
-            tensors = self.splits[split] if split in self.splits else load_cached(self.cache_folder, f"{split}.pt")
-            if tensors["images"].shape[0] == 0:
-                raise RuntimeError(f"split {split!r} in {self.cache_folder} holds no images; see report.json there")
-            self.splits[split] = tensors
+            elif (self.cache_folder / f"{split}.pt").is_file():
+                self.splits[split] = load_cached(self.cache_folder, f"{split}.pt")
+        if split in self.extra_splits and not (split in self.splits and items_in(self.splits[split])):
+            raise ValueError(f"{self.name}: no split {split!r} in {self.cache_folder}: an extra training split in "
+                             "data.fit_splits needs data whose folders, files or lists give it, with split_by=given")
+        if split not in self.splits:
+            raise FileNotFoundError(f"{self.name}: no split {split!r} in {self.cache_folder}")
+        if items_in(self.splits[split]) == 0:
+            raise RuntimeError(f"split {split!r} in {self.cache_folder} holds no images; see report.json there")
         return self.splits[split]
 
     def setup(self, stage: str | None = None) -> None:

@@ -353,7 +353,6 @@ def prepare_landmark_folder(
             if not folder.is_dir():
                 raise FileNotFoundError(f"image folder {folder} does not exist")
     image_root = next(iter(image_roots.values()))[0]
-    image_root = next(iter(image_roots.values()))
     if format in ("csv", "coco") and annotations is None:
         raise ValueError(f"format {format} needs data.prepare.annotations (a file, or a mapping split -> file)")
     files = split_files(root, annotations, "annotations")
@@ -393,13 +392,16 @@ def prepare_landmark_folder(
                     part = parse_coco(path, index, int(num_landmarks), categories, category_from, one_based, split)
                 rows.records += part.records
                 rows.issues += part.issues
-            if list_files:  # lists assign the annotated images to splits
-                split_of = {}
+            if list_files:  # lists assign the annotated images to splits (names found as the annotations' are)
+                split_of: dict[Path, str] = {}
                 for split, path in list_files.items():
                     for name in read_list(path):
-                        split_of[name] = split
+                        try:
+                            split_of[index.find(name, f"split list {split}")] = split
+                        except (ValueError, UnsafePathError) as err:
+                            rows.issues.append(Issue(name, str(err), None, split))
                 for rec in rows.records:
-                    rec.split = split_of.get(rec.image_id, split_of.get(relative_posix(rec.path, image_root), ""))
+                    rec.split = split_of.get(rec.path, "")
         if limit is not None:
             rows.records = rows.records[: int(limit)]
         tensors, issues, groups, tags = load_records(rows, "all", int(image_size), clahe, crop)
