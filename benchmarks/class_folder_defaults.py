@@ -45,20 +45,23 @@ PROBES = {
     "contiguous": ["hardware.channels_last=false"],
     "no_warmup_contiguous": ["phase.stages.finetune.scheduler.warmup=0", "hardware.channels_last=false"],
 }
-PLAIN_PROBES = {"plain_loop": 0.0, "plain_loop_warmup": 0.1}
+# the plain loop as is, with the framework's warm-up, or training the framework's own network (build_module(cfg).net:
+# backbone, head and memory layout as train.py builds them) instead of its ~3 lines of model
+PLAIN_PROBES = {"plain_loop": {}, "plain_loop_warmup": {"warmup": 0.1}, "plain_loop_framework_net": {"net": "framework"}}
 
 
 def folds_of(name: str, args) -> list[int | None]:
     return [int(f) for f in args.folds.split(",")] if name == "jaffe" else [None]
 
 
-def plain_loop(overrides: list[str], epochs: int = 12, seed: int = 42, warmup: float = 0.0) -> dict:
+def plain_loop(overrides: list[str], epochs: int = 12, seed: int = 42, warmup: float = 0.0, net: str = "plain") -> dict:
     """The reference: the data module's cached faces, Lite0 (same ImageNet weights), a linear head, a plain loop.
-    `warmup` > 0: the framework's warm-up + cosine factor instead of a plain cosine (for the probes)."""
+    For the probes: `warmup` > 0, the framework's warm-up + cosine factor instead of a plain cosine; `net="framework"`,
+    the task module's network (with the head of `overrides`) instead of the loop's own."""
     from hydra import compose, initialize_config_dir
 
     import studykit.config  # noqa: F401
-    from studykit.builders import build_datamodule
+    from studykit.builders import build_datamodule, build_module
     from studykit.models.backbones import create_backbone
     from studykit.models.base import warmup_cosine_factor
 
@@ -70,8 +73,11 @@ def plain_loop(overrides: list[str], epochs: int = 12, seed: int = 42, warmup: f
     dm.prepare_data()
     train_set = torch.utils.data.ConcatDataset([dm.dataset("train", train=True), dm.dataset("val", train=True)])
     test_set = dm.dataset("test", train=False)
-    net = create_backbone(cfg.model.backbone.name, dict(cfg.model.backbone.pretrained), in_chans=dm.in_chans)
-    model = torch.nn.Sequential(net, torch.nn.Dropout(0.2), torch.nn.Linear(net.num_features, dm.num_classes))
+    if net == "framework":
+        model = build_module(cfg, dm).net
+    else:
+        backbone = create_backbone(cfg.model.backbone.name, dict(cfg.model.backbone.pretrained), in_chans=dm.in_chans)
+        model = torch.nn.Sequential(backbone, torch.nn.Dropout(0.2), torch.nn.Linear(backbone.num_features, dm.num_classes))
     loader = torch.utils.data.DataLoader(train_set, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
     steps = epochs * len(loader)
@@ -111,7 +117,7 @@ def probe(results: dict, args) -> None:
                     fold_args = [f"data.fold={fold}"] if fold is not None else []
                     overrides = [*SETS[name], *[r for r in RECIPE if not r.startswith("seed=")], f"seed={seed}", *fold_args]
                     if variant in PLAIN_PROBES:
-                        out = plain_loop(overrides, seed=seed, warmup=PLAIN_PROBES[variant])
+                        out = plain_loop([*overrides, HEADS["linear"]], seed=seed, **PLAIN_PROBES[variant])
                         per_fold.append({"correct": out["correct"], "n": out["n"]})
                     else:
                         run = run_train([*overrides, HEADS["linear"], "data.fit_splits=[train,val]", *PROBES[variant]], folder / str(fold or 0))
@@ -120,7 +126,7 @@ def probe(results: dict, args) -> None:
                 accuracy = sum(f["correct"] for f in per_fold) / sum(f["n"] for f in per_fold)
                 if variant in PROBES and name == "jaffe" and len(per_fold) == 5:
                     accuracy = evaluate_folds(folder)["accuracy"]
-                probes.setdefault(variant, {"overrides": PROBES.get(variant), "plain_warmup": PLAIN_PROBES.get(variant), "seeds": {}})
+                probes.setdefault(variant, {"overrides": PROBES.get(variant), "plain_loop_options": PLAIN_PROBES.get(variant), "seeds": {}})
                 probes[variant]["seeds"][str(seed)] = {"accuracy": accuracy, "per_fold": [f["correct"] / f["n"] for f in per_fold]}
                 accs = [v["accuracy"] for v in probes[variant]["seeds"].values()]
                 probes[variant].update(mean=float(np.mean(accs)), std=float(np.std(accs, ddof=1)) if len(accs) > 1 else None, n_seeds=len(accs))
