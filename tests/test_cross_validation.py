@@ -75,3 +75,51 @@ def test_one_command_runs_every_fold_and_evaluate_pools_them(tmp_path, shared_ca
     shutil.copytree(members[2], partial / members[2].name)
     with pytest.raises(ValueError, match="differs .* in more than the fold"):
         evaluate(compose_cfg("evaluate", [f"folds={partial}"], tmp_path / "ev3"))
+
+
+def test_train_py_trains_exactly_as_a_plain_pytorch_loop(tmp_path, monkeypatch):
+    """The class-folder recipe's refit through train.py (Lightning, phases, warm-up + cosine per step, the last epoch
+    kept) and a plain PyTorch loop over the same network, initial weights and batches end on the same weights: what
+    the framework adds to training changes nothing. Draws are switched off (no shuffle, flips, rotations or dropout)
+    so that both see the same numbers; the run builds its face cache and the replay finds it built, so the seed
+    must not depend on which happened."""
+    import lightning as L
+    import torch
+
+    from studykit.builders import build_datamodule, build_module
+    from studykit.data.base import CachedDataModule
+    from studykit.models.base import warmup_cosine_factor
+    from studykit.training.run import train
+    from studykit.utils.io import safe_torch_load
+
+    tiny = ["data=jaffe", *[o for o in TINY_JAFFE if not o.startswith("experiment=")]]  # the same cached faces
+    overrides = [*tiny, "model=efficientnet_lite0", "model/head=linear", "model.head.dropout=[0.0]", "phase=warmup_cosine",
+                 "phase.stages.finetune.epochs=2", "trainer.limit_train_batches=3", "data.batch_size=8", "data.fit_splits=[train,val]",
+                 "data.augment.hflip_p=0", "data.augment.rotate_p=0", "hardware.channels_last=false", "seed=5"]
+    monkeypatch.setattr(CachedDataModule, "train_dataloader", lambda self: self._loader(self.train_set, shuffle=False))
+    cfg = compose_cfg("train", overrides, tmp_path / "run", tmp_path / "cache")
+    train(cfg)  # builds the face cache first: training as a run that finds it built (the replay below)
+    trained = safe_torch_load(tmp_path / "run" / "checkpoints" / "finetune" / "last.ckpt")["state_dict"]
+
+    L.seed_everything(5)  # train.py's order: seed, data module, the task's module
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    net = build_module(cfg, dm).net
+    dm.setup("fit")
+    batches = [b for _, b in zip(range(3), dm.train_dataloader())]
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-2)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_factor(2 * 3, round(0.1 * 2 * 3)))
+    net.train()
+    for _ in range(2):
+        for batch in batches:
+            loss = torch.nn.functional.cross_entropy(net(batch["image"]), batch["target"])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    plain = net.state_dict()
+    assert set(trained) == {f"net.{k}" for k in plain}
+    moved = max((trained[f"net.{k}"].float() - v.float()).abs().max().item() for k, v in build_module(cfg, dm).net.state_dict().items()
+                if v.is_floating_point())
+    differ = max(((trained[f"net.{k}"].float() - v.float()).abs().max().item(), k) for k, v in plain.items())
+    assert moved > 1e-3 and differ[0] < 1e-6, (moved, differ)

@@ -170,12 +170,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resume_from = resume_point(cfg.ckpt_path) if resume_stage is not None else None  # checked before anything is written
     run_dir = continue_run_folder(cfg)
     guard_outputs(cfg.paths.get("data_root"), run_dir, cfg.paths.get("cache_dir"))
-    L.seed_everything(int(cfg.seed), workers=True)
     if cfg.hardware.get("num_threads"):
         torch.set_num_threads(int(cfg.hardware.num_threads))
 
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()  # a file lock makes ranks started together build the cache once
+    # seeded after the cache is prepared: building it (MTCNN's networks, say) draws from torch's generator, and a run
+    # that builds its cache must train as one that finds it built
+    L.seed_everything(int(cfg.seed), workers=True)
     manifest = datamodule.manifest()
     fill_from_data(cfg, datamodule)
     if rank_zero_only.rank == 0:
