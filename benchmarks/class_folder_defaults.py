@@ -45,23 +45,22 @@ PROBES = {
     "contiguous": ["hardware.channels_last=false"],
     "no_warmup_contiguous": ["phase.stages.finetune.scheduler.warmup=0", "hardware.channels_last=false"],
 }
-# the plain loop as is, with the framework's warm-up, or training the framework's own network (build_module(cfg).net:
-# backbone, head and memory layout as train.py builds them) instead of its ~3 lines of model
-PLAIN_PROBES = {"plain_loop": {}, "plain_loop_warmup": {"warmup": 0.1}, "plain_loop_framework_net": {"net": "framework"}}
+# the plain loop as is, or with the framework's warm-up (that train.py's training otherwise equals the loop's step for
+# step is a test: tests/test_cross_validation.py)
+PLAIN_PROBES = {"plain_loop": {}, "plain_loop_warmup": {"warmup": 0.1}}
 
 
 def folds_of(name: str, args) -> list[int | None]:
     return [int(f) for f in args.folds.split(",")] if name == "jaffe" else [None]
 
 
-def plain_loop(overrides: list[str], epochs: int = 12, seed: int = 42, warmup: float = 0.0, net: str = "plain") -> dict:
+def plain_loop(overrides: list[str], epochs: int = 12, seed: int = 42, warmup: float = 0.0) -> dict:
     """The reference: the data module's cached faces, Lite0 (same ImageNet weights), a linear head, a plain loop.
-    For the probes: `warmup` > 0, the framework's warm-up + cosine factor instead of a plain cosine; `net="framework"`,
-    the task module's network (with the head of `overrides`) instead of the loop's own."""
+    For the probes: `warmup` > 0, the framework's warm-up + cosine factor instead of a plain cosine."""
     from hydra import compose, initialize_config_dir
 
     import studykit.config  # noqa: F401
-    from studykit.builders import build_datamodule, build_module
+    from studykit.builders import build_datamodule
     from studykit.models.backbones import create_backbone
     from studykit.models.base import warmup_cosine_factor
 
@@ -73,11 +72,8 @@ def plain_loop(overrides: list[str], epochs: int = 12, seed: int = 42, warmup: f
     dm.prepare_data()
     train_set = torch.utils.data.ConcatDataset([dm.dataset("train", train=True), dm.dataset("val", train=True)])
     test_set = dm.dataset("test", train=False)
-    if net == "framework":
-        model = build_module(cfg, dm).net
-    else:
-        backbone = create_backbone(cfg.model.backbone.name, dict(cfg.model.backbone.pretrained), in_chans=dm.in_chans)
-        model = torch.nn.Sequential(backbone, torch.nn.Dropout(0.2), torch.nn.Linear(backbone.num_features, dm.num_classes))
+    net = create_backbone(cfg.model.backbone.name, dict(cfg.model.backbone.pretrained), in_chans=dm.in_chans)
+    model = torch.nn.Sequential(net, torch.nn.Dropout(0.2), torch.nn.Linear(net.num_features, dm.num_classes))
     loader = torch.utils.data.DataLoader(train_set, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
     steps = epochs * len(loader)
@@ -98,6 +94,16 @@ def plain_loop(overrides: list[str], epochs: int = 12, seed: int = 42, warmup: f
     labels = test_set.labels
     return {"correct": int((pred == labels).sum()), "n": int(len(labels)), "accuracy": float((pred == labels).float().mean()),
             "seconds": time.perf_counter() - start}
+
+
+def seed_difference(a: dict, b: dict) -> dict:
+    """Difference of two probes' means over their seeds, with its standard error (Welch: the seeds of the two are
+    not paired - the same seed draws differently in each)."""
+    x = [v["accuracy"] for v in a["seeds"].values()]
+    y = [v["accuracy"] for v in b["seeds"].values()]
+    se = math.sqrt(np.var(x, ddof=1) / len(x) + np.var(y, ddof=1) / len(y)) if len(x) > 1 and len(y) > 1 else None
+    diff = float(np.mean(x) - np.mean(y))
+    return {"difference": diff, "standard_error": se, "in_standard_errors": diff / se if se else None, "seeds": [len(x), len(y)]}
 
 
 def probe(results: dict, args) -> None:
@@ -131,6 +137,8 @@ def probe(results: dict, args) -> None:
                 accs = [v["accuracy"] for v in probes[variant]["seeds"].values()]
                 probes[variant].update(mean=float(np.mean(accs)), std=float(np.std(accs, ddof=1)) if len(accs) > 1 else None, n_seeds=len(accs))
                 print(name, variant, seed, accuracy, flush=True)
+                if "default" in probes and "plain_loop" in probes:
+                    probes["default_minus_plain"] = seed_difference(probes["default"], probes["plain_loop"])
                 results["probes_provenance"] = {"machine": machine(), **script_provenance(),
                                                 "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
                 save_results(args.results, results)

@@ -64,6 +64,8 @@ def test_jaffe_trains_subject_independent_and_evaluates(tmp_path, shared_cache):
     assert not (splits["train"] & splits["test"]) and not (splits["train"] & splits["val"]) and not (splits["val"] & splits["test"])
     item = dm.dataset("train")[0]
     assert item["image"].shape == (4, 64, 64) and 0 <= int(item["target"]) < 7
+    with pytest.raises(ValueError, match="no split 'more'"):  # an extra training split: face sets give none
+        dm.dataset("more")
     run, report, out = train_and_evaluate(cfg, tmp_path, shared_cache)
     assert cfg.task.module.in_chans == 4 and cfg.task.module.num_classes == 7
     assert report["primary_metric"]["name"] == "accuracy" and len(report["confusion_matrix"]) == 7

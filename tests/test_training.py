@@ -168,6 +168,14 @@ def test_fit_splits_refuses_the_test_split_and_nonsense(make_cfg, splits, messag
         build_datamodule(make_cfg([f"data.fit_splits={splits}"]))
 
 
+def test_an_extra_fit_split_the_data_does_not_give_is_named(make_cfg):
+    from studykit.builders import build_datamodule
+
+    datamodule = build_datamodule(make_cfg(["data.fit_splits=[train,more]"]))
+    with pytest.raises(ValueError, match="no split 'more'.*extra training split"):
+        datamodule.setup("fit")
+
+
 def test_incomplete_stage_and_epoch_cap(make_cfg):
     from studykit.training.run import stage_plan
 

@@ -177,6 +177,8 @@ class ExpressionDataModule(CachedDataModule):
                 "subjects": sorted({subjects[i] for i in idx} - {""}),
                 "votes": st["votes"][[source_row[i] for i in idx]] if "votes" in st else None,
             }
+        if split not in self.splits:
+            raise ValueError(f"{self.name}: no split {split!r} (data.fit_splits); face data sets give train, val and test")
         return self.splits[split]
 
     def check_splits_hold_faces(self, want: dict[str, np.ndarray], labels: list[str]) -> None:
