@@ -3,10 +3,10 @@ PY ?= .venv/bin/python
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint constraints prepare preprocess train evaluate predict export sweep sweep-ensemble bench bench-quick bench-best bench-overhead bench-speed bench-inference bench-face-landmarks bench-class-folders clean
+.PHONY: help setup test lint constraints prepare preprocess train evaluate predict export sweep sweep-ensemble bench bench-quick bench-best bench-overhead bench-speed bench-inference bench-face-landmarks bench-face68-training bench-class-folders clean
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-22s %s\n", $$1, $$2}'
 
 setup: ## create .venv and install the project with its test tools, at the versions of constraints.txt
 	python3 -m venv .venv
@@ -69,6 +69,9 @@ bench-inference: ## CXR and FER+ models: torch NCHW / channels_last / bf16 vs on
 
 bench-face-landmarks: ## the 68-point stage on HELEN test and AFW (dlib; a face68 run with ARGS="--run <run>") -> benchmarks/results/face_landmarks.json
 	$(PY) benchmarks/face_landmarks.py $(ARGS)
+
+bench-face68-training: ## 68-point model: HELEN alone vs HELEN + AFW, same validation faces -> benchmarks/results/face68_training.json
+	$(PY) benchmarks/face68_training.py $(ARGS)
 
 bench-class-folders: ## class-folder defaults chosen on validation (JAFFE, FER+ subset) vs a plain loop -> benchmarks/results/class_folder_defaults.json
 	$(PY) benchmarks/class_folder_defaults.py $(ARGS)
