@@ -49,10 +49,10 @@ def main() -> None:
             save_results(args.results, results)
     by_setup = {name: [r for r in results["runs"].values() if r["setup"] == name and r["epochs"] == args.epochs] for name in SETUPS}
     means = {name: sum(r["validation"]["nme"] for r in runs) / len(runs) for name, runs in by_setup.items() if runs}
-    results["chosen_on_validation"] = {"epochs": args.epochs, "validation_nme": means, "chosen": min(means, key=means.get)}
+    results.setdefault("chosen_on_validation", {})[f"e{args.epochs}"] = {"validation_nme": means, "chosen": min(means, key=means.get)}
     results.update({"machine": machine(), **script_provenance(), "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     save_results(args.results, results)
-    print(json.dumps(results["chosen_on_validation"], indent=1))
+    print(json.dumps(results["chosen_on_validation"][f"e{args.epochs}"], indent=1))
 
 
 if __name__ == "__main__":

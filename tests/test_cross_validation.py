@@ -101,7 +101,7 @@ def test_train_py_trains_exactly_as_a_plain_pytorch_loop(tmp_path, monkeypatch):
     train(cfg)  # builds the face cache first: training as a run that finds it built (the replay below)
     trained = safe_torch_load(tmp_path / "run" / "checkpoints" / "finetune" / "last.ckpt")["state_dict"]
 
-    L.seed_everything(5)  # train.py's order: seed, data module, the task's module
+    L.seed_everything(5)  # as train.py: seeded once the cache is ready, then the task's module built
     dm = build_datamodule(cfg)
     dm.prepare_data()
     net = build_module(cfg, dm).net
