@@ -77,8 +77,8 @@ def plain_loop(overrides: list[str], epochs: int = 12, seed: int = 42, warmup: f
     loader = torch.utils.data.DataLoader(train_set, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
     steps = epochs * len(loader)
-    factor = warmup_cosine_factor(steps, round(warmup * steps)) if warmup else (lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    # with warmup 0 this is the plain cosine 0.5 * (1 + cos(pi * step / steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_factor(steps, round(warmup * steps)))
     start = time.perf_counter()
     for _ in range(epochs):
         model.train()
@@ -109,8 +109,6 @@ def seed_difference(a: dict, b: dict) -> dict:
 def probe(results: dict, args) -> None:
     """Pooled test accuracy of each --variants entry (PROBES or PLAIN_PROBES) for each --seeds seed, over every fold;
     the linear head refit on train + val, as the default recipe."""
-    from studykit.evaluation.runner import evaluate_folds
-
     for name in args.sets.split(","):
         probes = results["sets"].setdefault(name, {}).setdefault("probes", {})
         for variant in args.variants.split(","):
@@ -129,9 +127,8 @@ def probe(results: dict, args) -> None:
                         run = run_train([*overrides, HEADS["linear"], "data.fit_splits=[train,val]", *PROBES[variant]], folder / str(fold or 0))
                         report = run["report"]
                         per_fold.append({"correct": round(report["accuracy"] * report["n_samples"]), "n": report["n_samples"]})
+                # pooled over the folds: what evaluate.py folds= gives (equal to 1e-6: pooled_check)
                 accuracy = sum(f["correct"] for f in per_fold) / sum(f["n"] for f in per_fold)
-                if variant in PROBES and name == "jaffe" and len(per_fold) == 5:
-                    accuracy = evaluate_folds(folder)["accuracy"]
                 probes.setdefault(variant, {"overrides": PROBES.get(variant), "plain_loop_options": PLAIN_PROBES.get(variant), "seeds": {}})
                 probes[variant]["seeds"][str(seed)] = {"accuracy": accuracy, "per_fold": [f["correct"] / f["n"] for f in per_fold]}
                 accs = [v["accuracy"] for v in probes[variant]["seeds"].values()]
